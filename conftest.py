@@ -1,0 +1,5 @@
+"""
+Puts the project root on C{sys.path} before any test imports Twisted's plugin
+package, so plugin discovery finds C{twisted/plugins/tcplab_plugin.py} from the
+source tree even under a default (import-hook) editable install.
+"""

@@ -1,0 +1,262 @@
+"""
+Framing: how a byte stream is cut into messages, and how a message is framed.
+
+Three framings are supported, by name:
+
+  - C{"raw"}: no framing (RFC 862); every chunk read is a message.
+  - C{"line"}: a message is a line ended by C{\\n} (a C{\\r} before the
+    C{\\n} belongs to the line ending, not the message).
+  - C{"length"}: a message is a 4-byte big-endian unsigned length followed by
+    that many bytes of payload.
+
+Decoders are incremental and bounded: a message longer than C{maxLength} raises
+L{MessageTooLong} as soon as it is detected, without buffering its whole
+announced size, and the decoder must not be fed again after that.  Both the
+server and the client use them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tcplab import defaults
+
+FRAMINGS = ("raw", "line", "length")
+
+#: The length prefix of the "length" framing.
+HEADER = struct.Struct(">I")
+
+#: The largest payload a 4-byte length prefix can announce.
+MAX_FRAME_PAYLOAD = 2**32 - 1
+
+
+class MessageTooLong(Exception):
+    """
+    A message is longer than the decoder's C{maxLength}.
+
+    @ivar length: the message's length, or a lower bound if it is incomplete.
+    @ivar maxLength: the limit that was exceeded.
+    @ivar messages: the complete messages decoded before the offending one, in
+        order; they are valid and should still be answered.
+    """
+
+    def __init__(self, length: int, maxLength: int, messages: list[bytes]) -> None:
+        super().__init__(f"message of {length} bytes or more exceeds {maxLength}")
+        self.length = length
+        self.maxLength = maxLength
+        self.messages = messages
+
+
+class RawDecoder:
+    """
+    Every non-empty chunk is a message.
+    """
+
+    def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
+        self.maxLength = maxLength
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        @return: C{[data]}, or C{[]} for an empty chunk.
+        """
+        return [data] if data else []
+
+    def finish(self) -> tuple[list[bytes], int]:
+        """
+        End of stream: nothing is ever pending.
+
+        @return: C{([], 0)}.
+        """
+        return [], 0
+
+
+class LineDecoder:
+    """
+    Cuts C{\\n}-terminated lines out of a byte stream.
+
+    Lines are returned without the C{\\n}, but with the C{\\r} of a C{\\r\\n}
+    ending still attached, so that a caller can answer in the peer's own line
+    ending; use L{stripLineEnding} to get the message itself.  A line is too
+    long when its message (without C{\\r\\n} or C{\\n}) has more than
+    C{maxLength} bytes.
+    """
+
+    def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
+        self.maxLength = maxLength
+        self._pending: list[bytes] = []
+        self._pendingLength = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        Add C{data} to the stream.
+
+        @return: the lines completed by C{data}, in order.
+        @raise MessageTooLong: if a line, complete or not, is too long.
+        """
+        if b"\n" not in data:
+            if data:
+                self._pending.append(data)
+                self._pendingLength += len(data)
+                self._checkPending()
+            return []
+        if self._pending:
+            data = b"".join(self._pending) + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        self._pending = [rest] if rest else []
+        self._pendingLength = len(rest)
+        # Cheap bound first: only look at each line when the batch could hold a long one.
+        if len(data) - len(rest) - len(lines) > self.maxLength:
+            for index, line in enumerate(lines):
+                if self._tooLong(line):
+                    raise MessageTooLong(len(line), self.maxLength, lines[:index])
+        self._checkPending(lines)
+        return lines
+
+    def finish(self) -> tuple[list[bytes], int]:
+        """
+        End of stream: an unterminated last line still counts as a line.
+
+        @return: C{([line], 0)} for a pending unterminated line, else C{([], 0)}.
+        """
+        rest = b"".join(self._pending)
+        self._pending = []
+        self._pendingLength = 0
+        return ([rest] if rest else []), 0
+
+    def _tooLong(self, line: bytes) -> bool:
+        return self._exceeds(len(line), line.endswith(b"\r"))
+
+    def _exceeds(self, length: int, endsWithCR: bool) -> bool:
+        # One byte over is still fine when it is the \r of a \r\n ending.
+        excess = length - self.maxLength
+        return excess > 1 or (excess == 1 and not endsWithCR)
+
+    def _checkPending(self, completed: list[bytes] | None = None) -> None:
+        if self._pendingLength > self.maxLength and self._exceeds(
+            self._pendingLength, self._pending[-1].endswith(b"\r")
+        ):
+            raise MessageTooLong(self._pendingLength, self.maxLength, completed or [])
+
+
+class LengthPrefixDecoder:
+    """
+    Cuts 4-byte big-endian length-prefixed frames out of a byte stream.
+
+    A header announcing more than C{maxLength} bytes is rejected as soon as it
+    arrives; the payload it announces is never buffered.
+    """
+
+    def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
+        self.maxLength = maxLength
+        self._pending: list[bytes] = []
+        self._pendingLength = 0
+        # How many buffered bytes the next frame (header or header + payload) needs.
+        self._needed = HEADER.size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        Add C{data} to the stream.
+
+        @return: the payloads of the frames completed by C{data}, in order.
+        @raise MessageTooLong: if a header announces more than C{maxLength}.
+        """
+        if self._pendingLength + len(data) < self._needed:
+            if data:
+                self._pending.append(data)
+                self._pendingLength += len(data)
+            return []
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+        messages = []
+        unpack = HEADER.unpack_from
+        offset, end, maxLength = 0, len(data), self.maxLength
+        while end - offset >= 4:
+            (length,) = unpack(data, offset)
+            if length > maxLength:
+                raise MessageTooLong(length, maxLength, messages)
+            start = offset + 4
+            if start + length > end:
+                break
+            offset = start + length
+            messages.append(data[start:offset])
+        rest = data[offset:]
+        self._pending = [rest] if rest else []
+        self._pendingLength = len(rest)
+        self._needed = 4 + unpack(rest)[0] if len(rest) >= 4 else 4
+        return messages
+
+    def finish(self) -> tuple[list[bytes], int]:
+        """
+        End of stream: an incomplete frame cannot be delivered.
+
+        @return: C{([], n)} where C{n} is the number of bytes of the incomplete
+            frame that are dropped.
+        """
+        dropped = self._pendingLength
+        self._pending = []
+        self._pendingLength = 0
+        self._needed = 4
+        return [], dropped
+
+
+Decoder = RawDecoder | LineDecoder | LengthPrefixDecoder
+
+_DECODERS: dict[str, type[Decoder]] = {
+    "raw": RawDecoder,
+    "line": LineDecoder,
+    "length": LengthPrefixDecoder,
+}
+
+
+def checkFraming(framing: str) -> str:
+    """
+    @return: C{framing} if it names a framing.
+    @raise ValueError: with a one-line message naming the valid framings.
+    """
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r} (choose from {', '.join(FRAMINGS)})")
+    return framing
+
+
+def decoderFor(framing: str, maxLength: int = defaults.MAX_LENGTH) -> Decoder:
+    """
+    @return: a new decoder for the named framing.
+    @raise ValueError: for an unknown framing.
+    """
+    return _DECODERS[checkFraming(framing)](maxLength)
+
+
+def stripLineEnding(line: bytes) -> bytes:
+    """
+    @return: a line from L{LineDecoder} without the C{\\r} of a C{\\r\\n} ending.
+    """
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+def frame(payload: bytes) -> bytes:
+    """
+    @return: C{payload} with its 4-byte big-endian length prefix.
+    @raise ValueError: if C{payload} is longer than a prefix can announce.
+    """
+    if len(payload) > MAX_FRAME_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes is too long to frame")
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode(framing: str, message: bytes) -> bytes:
+    """
+    @return: C{message} framed for sending: as is (raw), followed by C{\\n}
+        (line), or length-prefixed (length).
+    @raise ValueError: for an unknown framing, a line message containing
+        C{\\n}, or a payload too long to frame.
+    """
+    if framing == "line":
+        if b"\n" in message:
+            raise ValueError("a line message cannot contain a newline")
+        return message + b"\n"
+    if framing == "length":
+        return frame(message)
+    checkFraming(framing)
+    return message

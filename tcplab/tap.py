@@ -1,0 +1,180 @@
+"""
+The twistd plugin's options and service: C{twist tcplab} / C{twistd -n tcplab}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService, UDPServer
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from tcplab import coerce, defaults
+from tcplab.framing import MAX_FRAME_PAYLOAD
+from tcplab.server import EchoServerFactory
+from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
+
+
+class Options(usage.Options):
+    """
+    Options of the tcplab twistd plugin.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A TCP echo server (and optionally a UDP one): every message comes back "
+        "followed by --suffix. By default it listens on "
+        f"{defaults.LISTEN}, like the lesson's server."
+    )
+    optFlags = [
+        ["once", None, "Serve exactly one connection, then stop."],
+        ["log-messages", None, "Log every message received."],
+    ]
+    optParameters = [
+        ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],
+        ["udp-interface", None, defaults.HOST, "The address the UDP echo binds to."],
+        [
+            "framing",
+            None,
+            defaults.FRAMING,
+            "How messages are delimited: raw (RFC 862), line (\\n-terminated) "
+            "or length (4-byte big-endian prefix)",
+            coerce.framing,
+        ],
+        ["suffix", None, None, "Text appended to every reply (UTF-8), e.g. SB."],
+        [
+            "max-length",
+            None,
+            defaults.MAX_LENGTH,
+            "Longest message in bytes (line and length framings).",
+            coerce.size,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this Twisted server endpoint; repeatable
+        [default: tcp:8081:interface=127.0.0.1].
+        """
+        _checkEndpoint(description)
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        self["suffix"] = coerce.utf8(self["suffix"] or "")
+        if not self["listen"]:
+            self["listen"] = [defaults.LISTEN]
+        longest = MAX_FRAME_PAYLOAD - len(self["suffix"])
+        if self["max-length"] > longest:
+            raise usage.UsageError(f"--max-length must be at most {longest}")
+
+
+def _checkEndpoint(description: str) -> None:
+    # Parsing needs a reactor but must not install the global one before
+    # twistd has chosen it; a memory reactor parses just as well.
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as error:
+        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
+
+
+class EchoService(MultiService):
+    """
+    The tcplab server: every listener, and the factory they share.
+
+    A listener that cannot start ends the process with one line naming the
+    address and the reason, instead of a traceback.
+
+    @ivar factory: the L{EchoServerFactory} serving every TCP listener.
+    """
+
+    def __init__(self, factory: EchoServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self._descriptions: dict[IService, str] = {}
+
+    def addListener(self, description: str, service: IService) -> None:
+        """
+        Add a listening service, described for error messages.
+        """
+        self._descriptions[service] = description
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        for child in self:
+            self._start(child, child.privilegedStartService)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for child in self:
+            self._start(child, child.startService)
+
+    def _start(self, child: IService, start: Callable[[], object]) -> None:
+        try:
+            start()
+        except Exception as error:
+            where = self._descriptions.get(child, repr(child))
+            raise SystemExit(f"tcplab: cannot listen on {where}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        socketError = error.socketError
+        return socketError.strerror or str(socketError)
+    return str(error) or type(error).__name__
+
+
+class _Listener(StreamServerEndpointService):
+    # Report a failure to listen at once rather than log it later.
+    _raiseSynchronously = True
+
+
+def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) -> EchoService:
+    """
+    Build the tcplab service from parsed L{Options}, listening with C{reactor}.
+    """
+    factory = EchoServerFactory(
+        framing=config["framing"],
+        suffix=config["suffix"],
+        maxLength=config["max-length"],
+        logMessages=bool(config["log-messages"]),
+        maxServed=1 if config["once"] else None,
+        reactor=reactor,
+    )
+    service = EchoService(factory)
+    for description in config["listen"]:
+        endpoint = serverFromString(reactor, description)
+        service.addListener(description, _Listener(endpoint, factory))
+    if config["udp"] is not None:
+        udp = UDPServer(
+            config["udp"],
+            DatagramEcho(suffix=config["suffix"], logMessages=bool(config["log-messages"])),
+            interface=config["udp-interface"],
+            maxPacketSize=MAX_PACKET_SIZE,
+            reactor=reactor,
+        )
+        service.addListener(f"udp:{config['udp']}:interface={config['udp-interface']}", udp)
+    if config["once"]:
+        factory.whenServed().addCallback(lambda _: reactor.stop())
+    return service
+
+
+def makeService(config: Options) -> EchoService:
+    """
+    The twistd entry point: L{buildService} with the global reactor.
+    """
+    from twisted.internet import reactor
+
+    return buildService(config, reactor)  # type: ignore[arg-type]
