@@ -8,6 +8,7 @@ L{twisted.internet.testing.StringTransport} in a unit test.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -151,9 +152,9 @@ class EchoProtocol(Protocol):
     def _logMessages(self, messages: Sequence[bytes]) -> None:
         for message in messages:
             self._log.info(
-                "message from {peer}: {message}",
+                "message from {peer}: {text}",
                 peer=self.peer,
-                message=message.decode("utf-8", "replace"),
+                text=message.decode("utf-8", "replace"),
             )
 
     def _rejectTooLong(self, error: MessageTooLong) -> None:

@@ -36,9 +36,9 @@ class DatagramEcho(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self.logMessages:
             self._log.info(
-                "datagram from {peer}: {message}",
+                "datagram from {peer}: {text}",
                 peer=formatAddress(addr),
-                message=datagram.decode("utf-8", "replace"),
+                text=datagram.decode("utf-8", "replace"),
             )
         assert self.transport is not None
         try:

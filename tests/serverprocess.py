@@ -1,0 +1,102 @@
+"""
+Run the tcplab server in a child process, as a user would, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: C{twist} and C{twistd} as this interpreter runs them.
+TWIST = [sys.executable, "-m", "twisted", "--log-format=text"]
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+_PORT = re.compile(r"EchoServerFactory starting on (\d+)")
+
+
+def environment() -> dict[str, str]:
+    """
+    The environment for a child process that uses this source tree.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def twist(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{python -m twisted tcplab ARGS} to completion.
+    """
+    return subprocess.run(
+        [*TWIST, "tcplab", *args],
+        capture_output=True, text=True, env=environment(), timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+class ServerProcess:
+    """
+    C{python -m twisted tcplab ARGS} listening on 127.0.0.1 on a free port.
+
+    @ivar port: the TCP port it listens on.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        twistd: bool = False,
+        runner: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float = 20,
+    ) -> None:
+        if runner is None:
+            runner = TWISTD + ["--pidfile=", "--logfile=-", "-n"] if twistd else TWIST
+        self.process = subprocess.Popen(
+            [*runner, "tcplab", "--listen", listen, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=environment() if env is None else env, cwd=cwd, stdin=subprocess.DEVNULL,
+        )
+        self.output: list[str] = []
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            match = _PORT.search(line)
+            if match:
+                self.port = int(match.group(1))
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def wait(self, timeout: float = 10) -> int:
+        """
+        Wait for the process to exit; return its exit code.
+        """
+        code = self.process.wait(timeout)
+        assert self.process.stdout is not None
+        self.output.append(self.process.stdout.read())
+        return code
+
+    def stop(self) -> None:
+        """
+        Terminate the process if it still runs, and reap it.
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()

@@ -1,0 +1,198 @@
+"""
+Tests for L{tcplab.framing}.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab.framing import (
+    LengthPrefixDecoder,
+    LineDecoder,
+    MessageTooLong,
+    RawDecoder,
+    decoderFor,
+    encode,
+    frame,
+    stripLineEnding,
+)
+from tests.streams import cutAt
+
+
+def feedAll(decoder, chunks: list[bytes]) -> list[bytes]:
+    messages = []
+    for chunk in chunks:
+        messages.extend(decoder.feed(chunk))
+    return messages
+
+
+lines = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=20)
+cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=30)
+
+
+class LineDecoderTests(SynchronousTestCase):
+    """
+    Tests for L{LineDecoder}.
+    """
+
+    def test_splitsOnNewline(self) -> None:
+        """
+        Each C{\\n}-terminated line is a message; the tail waits for more.
+        """
+        decoder = LineDecoder()
+        self.assertEqual(decoder.feed(b"one\ntwo\nthr"), [b"one", b"two"])
+        self.assertEqual(decoder.feed(b"ee\n"), [b"three"])
+
+    def test_keepsCarriageReturn(self) -> None:
+        """
+        The C{\\r} of a C{\\r\\n} ending stays on the line, and
+        L{stripLineEnding} removes it.
+        """
+        [line] = LineDecoder().feed(b"hello\r\n")
+        self.assertEqual(line, b"hello\r")
+        self.assertEqual(stripLineEnding(line), b"hello")
+
+    def test_emptyLines(self) -> None:
+        """
+        An empty line is a message too.
+        """
+        self.assertEqual(LineDecoder().feed(b"\n\n"), [b"", b""])
+
+    def test_lineAtLimit(self) -> None:
+        """
+        A line of exactly C{maxLength} bytes is accepted, with either ending.
+        """
+        decoder = LineDecoder(maxLength=4)
+        self.assertEqual(decoder.feed(b"abcd\nabcd\r\n"), [b"abcd", b"abcd\r"])
+
+    def test_completeLineTooLong(self) -> None:
+        """
+        A complete line over the limit raises L{MessageTooLong} carrying the
+        lines before it.
+        """
+        decoder = LineDecoder(maxLength=4)
+        with self.assertRaises(MessageTooLong) as caught:
+            decoder.feed(b"ok\nabcde\nnever\n")
+        self.assertEqual(caught.exception.messages, [b"ok"])
+        self.assertEqual(caught.exception.maxLength, 4)
+
+    def test_pendingLineTooLong(self) -> None:
+        """
+        An unterminated line is rejected as soon as it passes the limit,
+        without waiting for its end.
+        """
+        decoder = LineDecoder(maxLength=4)
+        self.assertEqual(decoder.feed(b"abcd"), [])
+        self.assertRaises(MessageTooLong, decoder.feed, b"e")
+
+    def test_pendingCarriageReturnAtLimit(self) -> None:
+        """
+        A pending line one byte over the limit is still fine when that byte is
+        the C{\\r} of a C{\\r\\n} ending.
+        """
+        decoder = LineDecoder(maxLength=4)
+        self.assertEqual(decoder.feed(b"abcd\r"), [])
+        self.assertEqual(decoder.feed(b"\n"), [b"abcd\r"])
+
+    def test_finishReturnsUnterminatedLine(self) -> None:
+        """
+        At end of stream, an unterminated last line is delivered.
+        """
+        decoder = LineDecoder()
+        decoder.feed(b"a\nb")
+        self.assertEqual(decoder.finish(), ([b"b"], 0))
+        self.assertEqual(decoder.finish(), ([], 0))
+
+    @given(lines, cuts)
+    def test_anyChunking(self, messages: list[bytes], offsets: list[int]) -> None:
+        """
+        However the stream is cut, the decoded lines are exactly the lines sent.
+        """
+        stream = b"".join(message + b"\n" for message in messages)
+        self.assertEqual(feedAll(LineDecoder(), cutAt(stream, offsets)), messages)
+
+
+class LengthPrefixDecoderTests(SynchronousTestCase):
+    """
+    Tests for L{LengthPrefixDecoder}.
+    """
+
+    def test_frames(self) -> None:
+        """
+        Each frame's payload is a message, including an empty one.
+        """
+        decoder = LengthPrefixDecoder()
+        self.assertEqual(decoder.feed(frame(b"abc") + frame(b"") + frame(b"xy")[:3]), [b"abc", b""])
+        self.assertEqual(decoder.feed(frame(b"xy")[3:]), [b"xy"])
+
+    def test_headerTooLong(self) -> None:
+        """
+        A header announcing more than C{maxLength} is rejected at once, before
+        any of its payload arrives.
+        """
+        decoder = LengthPrefixDecoder(maxLength=10)
+        with self.assertRaises(MessageTooLong) as caught:
+            decoder.feed(frame(b"ok") + b"\x00\x00\x00\x0b")
+        self.assertEqual(caught.exception.messages, [b"ok"])
+        self.assertEqual(caught.exception.length, 11)
+
+    def test_hugeHeaderNotBuffered(self) -> None:
+        """
+        A header announcing 4 GiB is rejected without buffering anything.
+        """
+        self.assertRaises(MessageTooLong, LengthPrefixDecoder().feed, b"\xff\xff\xff\xff")
+
+    def test_finishReportsDroppedBytes(self) -> None:
+        """
+        At end of stream an incomplete frame is dropped, and its size reported.
+        """
+        decoder = LengthPrefixDecoder()
+        decoder.feed(frame(b"abcdef")[:7])
+        self.assertEqual(decoder.finish(), ([], 7))
+
+    @given(st.lists(st.binary(max_size=300), max_size=20), cuts)
+    def test_anyChunking(self, messages: list[bytes], offsets: list[int]) -> None:
+        """
+        However the stream is cut, the decoded payloads are exactly those sent.
+        """
+        stream = b"".join(frame(message) for message in messages)
+        self.assertEqual(feedAll(LengthPrefixDecoder(), cutAt(stream, offsets)), messages)
+
+
+class EncodeTests(SynchronousTestCase):
+    """
+    Tests for L{encode}, L{decoderFor} and L{RawDecoder}.
+    """
+
+    def test_encode(self) -> None:
+        """
+        Raw is unchanged, line gets C{\\n}, length gets a big-endian prefix.
+        """
+        self.assertEqual(encode("raw", b"hi"), b"hi")
+        self.assertEqual(encode("line", b"hi"), b"hi\n")
+        self.assertEqual(encode("length", b"hi"), b"\x00\x00\x00\x02hi")
+
+    def test_lineWithNewline(self) -> None:
+        """
+        A line message cannot contain a newline.
+        """
+        self.assertRaises(ValueError, encode, "line", b"a\nb")
+
+    def test_unknownFraming(self) -> None:
+        """
+        An unknown framing is a L{ValueError} naming the valid ones.
+        """
+        with self.assertRaises(ValueError) as caught:
+            decoderFor("xml")
+        self.assertIn("raw, line, length", str(caught.exception))
+
+    def test_raw(self) -> None:
+        """
+        Raw decoding passes every non-empty chunk through.
+        """
+        decoder = decoderFor("raw")
+        self.assertIsInstance(decoder, RawDecoder)
+        self.assertEqual(decoder.feed(b"abc"), [b"abc"])
+        self.assertEqual(decoder.feed(b""), [])

@@ -1,0 +1,110 @@
+"""
+The echo server over real TCP sockets on 127.0.0.1: many clients at once, every
+byte checked.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from tcplab.framing import encode
+from tcplab.server import EchoServerFactory
+from tests.streams import cutAt
+
+CLIENTS = 200
+
+
+class ExpectingClient(Protocol):
+    """
+    Sends C{chunks}, then fires C{done} with everything received once
+    C{expected} bytes have arrived.
+    """
+
+    def __init__(self, chunks: list[bytes], expected: int) -> None:
+        self.chunks = chunks
+        self.expected = expected
+        self.received: list[bytes] = []
+        self.count = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        for chunk in self.chunks:
+            self.transport.write(chunk)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        self.count += len(data)
+        if self.count >= self.expected:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+def plan(framing: str, suffix: bytes, rng: random.Random) -> tuple[list[bytes], bytes]:
+    """
+    Random messages for one client: the chunks to send and the exact reply.
+    """
+    messages = [
+        # A line's last \r would belong to its ending, so none ends in \r.
+        bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300))).replace(b"\n", b"").rstrip(b"\r")
+        for _ in range(rng.randrange(1, 20))
+    ]
+    if framing == "raw":
+        # Raw replies depend on how reads are cut: send one chunk, await its echo.
+        message = b"".join(messages) or b"x"
+        return [message], message + suffix
+    stream = b"".join(encode(framing, m) for m in messages)
+    chunks = [chunk for chunk in cutAt(stream, rng.sample(range(len(stream) + 1), min(5, len(stream) + 1))) if chunk]
+    return chunks, b"".join(encode(framing, m + suffix) for m in messages)
+
+
+class ConcurrentClientsTests(TestCase):
+    """
+    Many simultaneous clients, each in a framing, all answered exactly.
+    """
+
+    timeout = 60
+
+    async def _serveMany(self, framing: str) -> None:
+        suffix = b"SB"
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            EchoServerFactory(framing=framing, suffix=suffix)
+        )
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        rng = random.Random(framing)
+        clients, expected = [], []
+        for _ in range(CLIENTS):
+            chunks, reply = plan(framing, suffix, rng)
+            client = ExpectingClient(chunks, len(reply))
+            clients.append(endpoint.connect(Factory.forProtocol(lambda c=client: c)))
+            expected.append((client, reply))
+        await gatherResults(clients)
+        replies = await gatherResults([client.done for client, _ in expected])
+        for (_, reply), received in zip(expected, replies, strict=True):
+            self.assertEqual(received, reply)
+
+    def test_raw(self) -> Deferred[None]:
+        """
+        200 clients at once in the raw framing.
+        """
+        return Deferred.fromCoroutine(self._serveMany("raw"))
+
+    def test_line(self) -> Deferred[None]:
+        """
+        200 clients at once in the line framing.
+        """
+        return Deferred.fromCoroutine(self._serveMany("line"))
+
+    def test_length(self) -> Deferred[None]:
+        """
+        200 clients at once in the length framing.
+        """
+        return Deferred.fromCoroutine(self._serveMany("length"))

@@ -1,0 +1,100 @@
+"""
+The README's examples work as written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab.tap import Options
+from tests.serverprocess import ROOT, environment
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(language: str) -> list[str]:
+    """
+    The README's fenced code blocks in C{language}.
+    """
+    return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
+
+
+def freePort() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    Run what the README shows.
+    """
+
+    def test_setUpCommands(self) -> None:
+        """
+        The set-up commands are the ones CI and the packaging test run.
+        """
+        commands = [block.strip() for block in blocks("sh")[:2]]
+        self.assertEqual(
+            commands,
+            [
+                "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/twist tcplab --suffix SB",
+                "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/python -m pytest",
+            ],
+        )
+        self.assertIn(commands[1].split(" && ", 1)[1], (ROOT / ".ci" / "run").read_text())
+
+    def test_serverCommandsParse(self) -> None:
+        """
+        Every server command line in the README is valid.
+        """
+        lines = [line.split("#")[0] for line in blocks("sh")[2].splitlines() if line.strip()]
+        self.assertGreaterEqual(len(lines), 4)
+        for line in lines:
+            words = shlex.split(line)
+            self.assertIn(words[0], ("twist", "twistd"))
+            Options().parseOptions(words[words.index("tcplab") + 1 :])
+
+    def test_unitTestExample(self) -> None:
+        """
+        The unit-testing example runs, and its assertion holds.
+        """
+        [example] = [block for block in blocks("python") if "StringTransport" in block]
+        exec(compile(example, "README.md", "exec"), {})
+
+    def test_embeddingExample(self) -> None:
+        """
+        The embedding example serves line echo with the C{SB} suffix (run on a
+        free port instead of 8081).
+        """
+        [example] = [block for block in blocks("python") if "reactor.run()" in block]
+        port = freePort()
+        process = subprocess.Popen(
+            [sys.executable, "-c", example.replace("tcp:8081", f"tcp:{port}")],
+            env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            for _ in range(100):
+                try:
+                    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    break
+                except ConnectionRefusedError:
+                    if process.poll() is not None:
+                        self.fail(process.stderr.read().decode())
+                    time.sleep(0.1)
+            else:
+                self.fail("the example never listened")
+            with client:
+                client.sendall(b"hello\n")
+                self.assertEqual(client.recv(1024), b"helloSB\n")
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()

@@ -1,0 +1,173 @@
+"""
+Tests for L{tcplab.tap}: the twistd plugin's options and service.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab import defaults
+from tcplab.server import EchoServerFactory
+from tcplab.tap import Options, buildService
+from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class UDPMemoryReactor(MemoryReactor):
+    """
+    A L{MemoryReactor} that also records C{listenUDP} calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpPorts: list[tuple] = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        self.udpPorts.append((port, protocol, interface, maxPacketSize))
+        return object()
+
+
+class FailingReactor(MemoryReactor):
+    """
+    A reactor on which every TCP listen fails with C{errno}.
+    """
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        raise CannotListenError(interface, port, OSError(self.code, os.strerror(self.code)))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        By default: raw echo, no suffix, on the lesson's address.
+        """
+        options = parse()
+        self.assertEqual(options["listen"], [defaults.LISTEN])
+        self.assertEqual(options["framing"], "raw")
+        self.assertEqual(options["suffix"], b"")
+        self.assertEqual(options["max-length"], defaults.MAX_LENGTH)
+        self.assertIsNone(options["udp"])
+        self.assertFalse(options["once"])
+
+    def test_values(self) -> None:
+        """
+        Every option is parsed into its final type; C{--listen} repeats.
+        """
+        options = parse(
+            "--listen", "tcp:0:interface=127.0.0.1", "-l", "tcp6:0:interface=\\:\\:1",
+            "--framing", "line", "--suffix", "好", "--max-length", "10",
+            "--udp", "9000", "--once", "--log-messages",
+        )
+        self.assertEqual(options["listen"], ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"])
+        self.assertEqual(options["framing"], "line")
+        self.assertEqual(options["suffix"], "好".encode())
+        self.assertEqual(options["max-length"], 10)
+        self.assertEqual(options["udp"], 9000)
+        self.assertTrue(options["once"])
+        self.assertTrue(options["log-messages"])
+
+    def test_badValues(self) -> None:
+        """
+        Bad values are one-line usage errors that say what was expected.
+        """
+        cases = {
+            ("--udp", "70000"): "out of range",
+            ("--udp", "-1"): "out of range",
+            ("--framing", "xml"): "unknown framing",
+            ("--max-length", "-5"): "at least 1",
+            ("--max-length", "lots"): "whole number",
+            ("--listen", "tcp:notaport"): "invalid endpoint",
+            ("--listen", "carrier-pigeon:1"): "invalid endpoint",
+            ("--framing", "length", "--suffix", "SB", "--max-length", str(2**32)): "at most",
+        }
+        for argv, expected in cases.items():
+            with self.assertRaises(UsageError, msg=argv) as caught:
+                parse(*argv)
+            message = str(caught.exception)
+            self.assertIn(expected, message)
+            self.assertNotIn("\n", message)
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """
+    Tests for L{buildService}.
+    """
+
+    def test_listensWithOneFactory(self) -> None:
+        """
+        Every C{--listen} endpoint serves one factory built from the options.
+        """
+        reactor = MemoryReactor()
+        service = buildService(parse("-l", "tcp:0:interface=127.0.0.1", "-l", "tcp:0", "--framing", "line", "--suffix", "SB"), reactor)
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        factory = reactor.tcpServers[0][1]
+        self.assertIsInstance(factory, EchoServerFactory)
+        self.assertIs(reactor.tcpServers[1][1], factory)
+        self.assertEqual((factory.framing, factory.suffix), ("line", b"SB"))
+        self.assertEqual(reactor.tcpServers[0][3], "127.0.0.1")
+
+    def test_defaultAddress(self) -> None:
+        """
+        Without C{--listen}, the server listens on 127.0.0.1:8081.
+        """
+        reactor = MemoryReactor()
+        buildService(parse(), reactor).startService()
+        [(port, _, _, interface)] = reactor.tcpServers
+        self.assertEqual((interface, port), (defaults.HOST, defaults.PORT))
+
+    def test_udp(self) -> None:
+        """
+        C{--udp} adds a datagram echo that does not truncate large datagrams.
+        """
+        reactor = UDPMemoryReactor()
+        buildService(parse("--udp", "9000", "--suffix", "SB"), reactor).startService()
+        [(port, protocol, interface, maxPacketSize)] = reactor.udpPorts
+        self.assertEqual((port, interface, maxPacketSize), (9000, "127.0.0.1", MAX_PACKET_SIZE))
+        self.assertIsInstance(protocol, DatagramEcho)
+        self.assertEqual(protocol.suffix, b"SB")
+
+    def test_onceStopsReactor(self) -> None:
+        """
+        With C{--once}, the reactor stops when the one connection is closed.
+        """
+        reactor = MemoryReactor()
+        service = buildService(parse("--once"), reactor)
+        service.startService()
+        factory = service.factory
+        protocol = factory.buildProtocol(None)
+        factory.connectionOpened(protocol)
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertFalse(reactor.hasStopped)
+        factory.connectionClosed(protocol)
+        self.assertTrue(reactor.hasStopped)
+
+    def test_listenFailureIsOneLine(self) -> None:
+        """
+        A listen failure ends the process with one line naming the endpoint
+        and the reason, not a traceback.
+        """
+        for code, reason in [(errno.EADDRINUSE, "Address already in use"), (errno.EACCES, "Permission denied")]:
+            service = buildService(parse("-l", "tcp:80"), FailingReactor(code))
+            with self.assertRaises(SystemExit) as caught:
+                service.privilegedStartService()
+            self.assertEqual(str(caught.exception.code), f"tcplab: cannot listen on tcp:80: {reason}")
