@@ -15,3 +15,35 @@ FRAMING = "raw"
 
 #: The longest message (in bytes) accepted in the line and length framings.
 MAX_LENGTH = 65536
+
+#: Seconds without traffic after which the server closes a connection (0: never).
+IDLE_TIMEOUT = 300.0
+
+#: Connections the server holds open at once; more are refused.
+MAX_CONNECTIONS = 1000
+
+#: Connections one peer address may hold open at once (0: no limit).
+MAX_PER_PEER = 0
+
+#: On shutdown, seconds to finish echoing before the remaining connections are aborted.
+DRAIN_TIMEOUT = 10.0
+
+#: On shutdown, a connection that has received nothing for this many seconds
+#: (and is not waiting for its peer to read) has been answered in full and is closed.
+DRAIN_QUIET = 0.25
+
+#: Seconds a closing connection gets to deliver its last replies before it is aborted.
+CLOSE_TIMEOUT = 10.0
+
+#: How long the client waits, in seconds, to connect and for each reply.
+CLIENT_TIMEOUT = 10.0
+
+#: Raw framing has no delimiter, so the client takes a reply as complete once
+#: at least as many bytes as it sent have arrived and then none for this many
+#: seconds (or the server closes the connection).
+QUIET_PERIOD = 0.2
+
+#: The longest reply (in bytes) the client accepts in the line and length
+#: framings, and the longest line it reads from its input: room for the
+#: longest message a server accepts plus a suffix.
+CLIENT_MAX_LENGTH = 16 * 1024 * 1024

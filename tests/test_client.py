@@ -1,0 +1,559 @@
+"""
+Tests for L{tcplab.client}: the echo clients against tcplab's server, in
+memory (no sockets, no reactor; every timeout on a L{Clock}).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab import EchoClient, defaults
+from tcplab.client import DatagramEchoClient, ReplyTimeout
+from tcplab.framing import MessageTooLong, encode
+from tcplab.server import EchoServerFactory
+
+QUIET = defaults.QUIET_PERIOD
+TIMEOUT = defaults.CLIENT_TIMEOUT
+
+
+class Pump:
+    """
+    Two protocols connected through two L{StringTransport}s: L{flush} carries
+    the bytes each one wrote to the other until neither has anything more to
+    say, then delivers a close once its side's bytes are all across.  As with
+    a Twisted TCP transport, a side that is closing reads no more.
+    """
+
+    def __init__(self, client: Protocol, server: Protocol) -> None:
+        self.client, self.server = client, server
+        self.clientTransport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 8081),
+        )
+        self.serverTransport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8081),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+        )
+        self.closed = False
+        client.makeConnection(self.clientTransport)
+        server.makeConnection(self.serverTransport)
+
+    def flush(self) -> None:
+        """
+        Deliver everything written so far, and then any close.
+        """
+        moved = True
+        while moved and not self.closed:
+            moved = False
+            for transport, receiver, receiving in (
+                (self.clientTransport, self.server, self.serverTransport),
+                (self.serverTransport, self.client, self.clientTransport),
+            ):
+                data = transport.value()
+                if data:
+                    transport.clear()
+                    if not receiving.disconnecting:
+                        receiver.dataReceived(data)
+                    moved = True
+        if not self.closed and (self.clientTransport.disconnecting or self.serverTransport.disconnecting):
+            self.closed = True
+            aborted = self.clientTransport.disconnected or self.serverTransport.disconnected
+            reason = ConnectionLost() if aborted else ConnectionDone()
+            self.client.connectionLost(Failure(reason))
+            self.server.connectionLost(Failure(reason))
+
+
+def connect(
+    framing: str, suffix: bytes = b"SB", maxLength: int = defaults.MAX_LENGTH, **clientArgs: object
+) -> tuple[EchoClient, Pump, Clock]:
+    """
+    An L{EchoClient} connected in memory to tcplab's server.
+    """
+    clock = Clock()
+    client = EchoClient(clock, framing=framing, **clientArgs)  # type: ignore[arg-type]
+    factory = EchoServerFactory(framing=framing, suffix=suffix, maxLength=maxLength, reactor=clock)
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    assert server is not None
+    return client, Pump(client, server), clock
+
+
+def alone(framing: str, **clientArgs: object) -> tuple[EchoClient, StringTransport, Clock]:
+    """
+    An L{EchoClient} on a L{StringTransport}, to play the server by hand.
+    """
+    clock = Clock()
+    client = EchoClient(clock, framing=framing, **clientArgs)  # type: ignore[arg-type]
+    transport = StringTransport()
+    client.makeConnection(transport)
+    return client, transport, clock
+
+
+class FramedClientTestsMixin:
+    """
+    Tests that hold for every framing with a delimiter; C{framing} names it.
+    """
+
+    framing = "line"
+
+    def test_requestGetsItsReply(self) -> None:
+        """
+        The reply to a request is the server's answer without its framing.
+        """
+        client, pump, clock = connect(self.framing)
+        reply = client.request("你好".encode())
+        pump.flush()
+        self.assertEqual(self.successResultOf(reply), "你好SB".encode())
+
+    def test_pipelinedRepliesMatchInOrder(self) -> None:
+        """
+        Requests are written at once, without waiting for earlier replies, and
+        each reply goes to its own request.
+        """
+        client, pump, clock = connect(self.framing)
+        replies = [client.request(message) for message in (b"one", b"", b"three")]
+        self.assertEqual(
+            pump.clientTransport.value(),
+            b"".join(encode(self.framing, m) for m in (b"one", b"", b"three")),
+        )
+        pump.flush()
+        self.assertEqual(
+            [self.successResultOf(reply) for reply in replies], [b"oneSB", b"SB", b"threeSB"]
+        )
+
+    def test_replySplitAcrossReads(self) -> None:
+        """
+        A reply that arrives one byte at a time is delivered once, whole.
+        """
+        client, transport, clock = alone(self.framing)
+        reply = client.request(b"hi")
+        for byte in encode(self.framing, b"hiSB"):
+            self.assertNoResult(reply)
+            client.dataReceived(bytes([byte]))
+        self.assertEqual(self.successResultOf(reply), b"hiSB")
+
+    def test_serverClosingEarlyFailsUnansweredRequests(self) -> None:
+        """
+        When the server closes the connection (here because the second
+        message is over its limit), the replies it sent are delivered and the
+        requests it did not answer fail with the reason.
+        """
+        client, pump, clock = connect(self.framing, maxLength=4)
+        first = client.request(b"hi")
+        second = client.request(b"far too long")
+        third = client.request(b"ho")
+        pump.flush()
+        self.assertEqual(self.successResultOf(first), b"hiSB")
+        if self.framing == "line":
+            # The line server explains itself, in a line: the reply to "second".
+            self.assertIn(b"longer than 4 bytes", self.successResultOf(second))
+        else:
+            self.failureResultOf(second, ConnectionDone)
+        self.failureResultOf(third, ConnectionDone)
+
+    def test_incompleteReplyFailsOnClose(self) -> None:
+        """
+        A connection lost in the middle of a length-prefixed reply fails its
+        request; in line framing an unterminated last line is the reply.
+        """
+        client, transport, clock = alone(self.framing)
+        reply = client.request(b"hi")
+        client.dataReceived(encode(self.framing, b"hiSB")[:-1])
+        client.connectionLost(Failure(ConnectionDone()))
+        if self.framing == "line":
+            self.assertEqual(self.successResultOf(reply), b"hiSB")
+        else:
+            self.failureResultOf(reply, ConnectionDone)
+
+    def test_replyTooLong(self) -> None:
+        """
+        A reply over C{maxLength} fails every waiting request with
+        L{MessageTooLong} and aborts the connection.
+        """
+        client, transport, clock = alone(self.framing, maxLength=8)
+        first, second = client.request(b"a"), client.request(b"b")
+        client.dataReceived(encode(self.framing, b"aSB") + encode(self.framing, b"b" * 20))
+        self.assertEqual(self.successResultOf(first), b"aSB")
+        self.failureResultOf(second, MessageTooLong)
+        self.assertTrue(transport.disconnected)
+
+    def test_timeoutRestartsForEachReply(self) -> None:
+        """
+        Each reply gets the full timeout, counted from the previous reply.
+        """
+        client, transport, clock = alone(self.framing, timeout=10)
+        first, second = client.request(b"a"), client.request(b"b")
+        clock.advance(9)
+        client.dataReceived(encode(self.framing, b"a"))
+        clock.advance(9)
+        self.assertNoResult(second)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(first), b"a")
+        self.assertEqual(self.failureResultOf(second, ReplyTimeout).value.timeout, 10)
+
+
+class LineClientTests(FramedClientTestsMixin, SynchronousTestCase):
+    """
+    L{EchoClient} in line framing.
+    """
+
+    framing = "line"
+
+    def test_crlfRepliesAreStripped(self) -> None:
+        """
+        A reply ended by C{\\r\\n} is delivered without the C{\\r}.
+        """
+        client, transport, clock = alone("line")
+        reply = client.request(b"hi")
+        client.dataReceived(b"hiSB\r\n")
+        self.assertEqual(self.successResultOf(reply), b"hiSB")
+
+    def test_messageWithNewlineIsRejected(self) -> None:
+        """
+        A line message cannot hold a newline: its request fails with
+        L{ValueError} and nothing is sent.
+        """
+        client, transport, clock = alone("line")
+        self.failureResultOf(client.request(b"a\nb"), ValueError)
+        self.assertEqual(transport.value(), b"")
+
+
+class LengthClientTests(FramedClientTestsMixin, SynchronousTestCase):
+    """
+    L{EchoClient} in length-prefixed framing.
+    """
+
+    framing = "length"
+
+
+class RawClientTests(SynchronousTestCase):
+    """
+    L{EchoClient} in raw framing: a reply is complete once at least as many
+    bytes as were sent have arrived and the server then stays quiet.
+    """
+
+    def test_replyCompletesAfterQuietPeriod(self) -> None:
+        """
+        The reply is delivered once the server has been quiet for the quiet
+        period, not before.
+        """
+        client, pump, clock = connect("raw")
+        reply = client.request("你好".encode())
+        pump.flush()
+        clock.advance(QUIET - 0.01)
+        self.assertNoResult(reply)
+        clock.advance(0.01)
+        self.assertEqual(self.successResultOf(reply), "你好SB".encode())
+
+    def test_shortReplyIsNotComplete(self) -> None:
+        """
+        Fewer bytes than were sent never make a reply, however long the
+        server is quiet; the rest does.
+        """
+        client, transport, clock = alone("raw")
+        reply = client.request(b"hello")
+        client.dataReceived(b"hel")
+        clock.advance(5)
+        self.assertNoResult(reply)
+        client.dataReceived(b"loSB")
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(reply), b"helloSB")
+
+    def test_moreDataRestartsQuietPeriod(self) -> None:
+        """
+        Every read restarts the quiet period, so a suffix sent a little
+        after the echo is part of the reply.
+        """
+        client, transport, clock = alone("raw")
+        reply = client.request(b"hi")
+        client.dataReceived(b"hi")
+        clock.advance(QUIET * 0.75)
+        client.dataReceived(b"SB")
+        clock.advance(QUIET * 0.75)
+        self.assertNoResult(reply)
+        clock.advance(QUIET * 0.25)
+        self.assertEqual(self.successResultOf(reply), b"hiSB")
+
+    def test_quietPeriodIsConfigurable(self) -> None:
+        """
+        C{quietPeriod} sets the wait.
+        """
+        client, transport, clock = alone("raw", quietPeriod=2)
+        reply = client.request(b"hi")
+        client.dataReceived(b"hi")
+        clock.advance(1.9)
+        self.assertNoResult(reply)
+        clock.advance(0.1)
+        self.assertEqual(self.successResultOf(reply), b"hi")
+
+    def test_serverCloseEndsReply(self) -> None:
+        """
+        The server closing the connection completes the reply in progress at
+        once, however short it is.
+        """
+        client, transport, clock = alone("raw")
+        reply = client.request(b"hello")
+        client.dataReceived(b"he")
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(reply), b"he")
+
+    def test_requestsAreSentOneAtATime(self) -> None:
+        """
+        Raw replies cannot be told apart, so the next request is sent only
+        once the previous reply is complete; each still gets its own reply.
+        """
+        client, pump, clock = connect("raw")
+        first, second = client.request(b"one"), client.request(b"two")
+        self.assertEqual(pump.clientTransport.value(), b"one")
+        pump.flush()
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(first), b"oneSB")
+        self.assertEqual(pump.clientTransport.value(), b"two")
+        pump.flush()
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(second), b"twoSB")
+
+    def test_serverClosingEarlyFailsUnsentRequests(self) -> None:
+        """
+        Requests still queued when the server closes fail with the reason.
+        """
+        client, pump, clock = connect("raw")
+        first, second = client.request(b"one"), client.request(b"two")
+        pump.flush()
+        assert pump.server.transport is not None
+        pump.server.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(self.successResultOf(first), b"oneSB")
+        self.failureResultOf(second, ConnectionDone)
+
+    def test_emptyMessageIsRejected(self) -> None:
+        """
+        An empty raw message would never be answered: its request fails with
+        L{ValueError}.
+        """
+        client, transport, clock = alone("raw")
+        self.failureResultOf(client.request(b""), ValueError)
+
+    def test_unexpectedDataIsDropped(self) -> None:
+        """
+        Bytes that arrive when no request waits are dropped, not taken as
+        the next reply.
+        """
+        client, transport, clock = alone("raw")
+        client.dataReceived(b"hello?")
+        reply = client.request(b"hi")
+        client.dataReceived(b"hi")
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(reply), b"hi")
+
+
+class EchoClientTests(SynchronousTestCase):
+    """
+    L{EchoClient}'s lifetime: connecting, timeouts, closing, cancelling.
+    """
+
+    def test_replyTimeoutFailsEveryWaitingRequest(self) -> None:
+        """
+        When a reply does not arrive in time, every waiting request fails
+        with L{ReplyTimeout} and the connection is aborted.
+        """
+        client, transport, clock = alone("line")
+        first, second = client.request(b"a"), client.request(b"b")
+        clock.advance(TIMEOUT)
+        self.failureResultOf(first, ReplyTimeout)
+        self.failureResultOf(second, ReplyTimeout)
+        self.assertTrue(transport.disconnected)
+        self.failureResultOf(client.request(b"c"), ReplyTimeout)
+
+    def test_noTimeout(self) -> None:
+        """
+        With C{timeout=None} a request waits as long as it takes.
+        """
+        client, transport, clock = alone("line", timeout=None)
+        reply = client.request(b"a")
+        clock.advance(TIMEOUT * 100)
+        client.dataReceived(b"a\n")
+        self.assertEqual(self.successResultOf(reply), b"a")
+
+    def test_closeFailsWaitingRequests(self) -> None:
+        """
+        C{close} closes the connection; waiting requests fail with
+        L{ConnectionDone}, later ones too, and the returned L{Deferred} fires
+        once the connection is lost.
+        """
+        client, pump, clock = connect("line")
+        waiting = client.request(b"a")
+        closed = client.close()
+        self.assertNoResult(closed)
+        self.failureResultOf(client.request(b"b"), ConnectionDone)
+        pump.flush()
+        self.successResultOf(closed)
+        self.failureResultOf(waiting, ConnectionDone)
+        self.successResultOf(client.whenDisconnected())
+
+    def test_cancelledRequestKeepsItsSlot(self) -> None:
+        """
+        Cancelling a request gives up its reply; the next request still gets
+        its own.
+        """
+        client, pump, clock = connect("line")
+        first, second = client.request(b"a"), client.request(b"b")
+        first.cancel()
+        pump.flush()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(self.successResultOf(second), b"bSB")
+
+    def test_worksWithAwait(self) -> None:
+        """
+        Requests can be awaited one after another in a coroutine.
+        """
+        client, pump, clock = connect("length")
+
+        async def talk() -> list[bytes]:
+            return [await client.request(b"a"), await client.request(b"b")]
+
+        replies = ensureDeferred(talk())
+        pump.flush()
+        self.assertEqual(self.successResultOf(replies), [b"aSB", b"bSB"])
+
+    def test_connectWithEndpointString(self) -> None:
+        """
+        C{EchoClient.connect} connects to a client endpoint string and fires
+        with the connected client, in the framing asked for.
+        """
+        reactor = MemoryReactorClock()
+        connecting = EchoClient.connect(reactor, "tcp:host=127.0.0.1:port=8081", framing="length")
+        host, port, factory, timeout, bindAddress = reactor.tcpClients[0]
+        self.assertEqual((host, port), ("127.0.0.1", 8081))
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(StringTransport())
+        client = self.successResultOf(connecting)
+        self.assertIsInstance(client, EchoClient)
+        self.assertEqual(client.framing, "length")
+
+    def test_connectTimeout(self) -> None:
+        """
+        A connection not made within C{timeout} seconds fails with
+        L{TimeoutError}.
+        """
+        reactor = MemoryReactorClock()
+        connecting = EchoClient.connect(reactor, "tcp:host=127.0.0.1:port=8081", timeout=3)
+        reactor.advance(3)
+        self.failureResultOf(connecting, TimeoutError)
+
+    def test_unknownFraming(self) -> None:
+        """
+        An unknown framing is refused with L{ValueError}.
+        """
+        self.assertRaises(ValueError, EchoClient, Clock(), framing="xml")
+
+
+class PipeliningPropertyTests(SynchronousTestCase):
+    """
+    Pipelined replies match their requests however the stream is cut.
+    """
+
+    @given(
+        framing=st.sampled_from(["line", "length"]),
+        messages=st.lists(st.binary(max_size=40).filter(lambda m: b"\n" not in m), max_size=8),
+        cuts=st.lists(st.integers(min_value=1, max_value=30), max_size=20),
+    )
+    def test_anyChunking(self, framing: str, messages: list[bytes], cuts: list[int]) -> None:
+        """
+        Whatever the sizes of the reads, each request gets its own reply.
+        """
+        client, transport, clock = alone(framing)
+        replies = [client.request(message) for message in messages]
+        stream = b"".join(encode(framing, message + b"SB") for message in messages)
+        for size in cuts:
+            client.dataReceived(stream[:size])
+            stream = stream[size:]
+        client.dataReceived(stream)
+        self.assertEqual(
+            [self.successResultOf(reply) for reply in replies],
+            [message + b"SB" for message in messages],
+        )
+
+
+class FakeDatagramTransport:
+    """
+    A connected UDP transport that records what is written.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.stopped = False
+
+    def write(self, datagram: bytes) -> None:
+        self.written.append(datagram)
+
+    def stopListening(self) -> Deferred[None]:
+        self.stopped = True
+        return Deferred()
+
+
+class DatagramEchoClientTests(SynchronousTestCase):
+    """
+    L{DatagramEchoClient}: one datagram per request, replies in order.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = DatagramEchoClient(self.clock, timeout=5)
+        self.transport = FakeDatagramTransport()
+        self.client.makeConnection(self.transport)  # type: ignore[arg-type]
+
+    def test_repliesMatchInOrder(self) -> None:
+        """
+        Each message goes out as one datagram, and each datagram received
+        answers the oldest waiting request.
+        """
+        first, second = self.client.request(b"a"), self.client.request(b"b")
+        self.assertEqual(self.transport.written, [b"a", b"b"])
+        self.client.datagramReceived(b"aSB", ("127.0.0.1", 8081))
+        self.client.datagramReceived(b"bSB", ("127.0.0.1", 8081))
+        self.assertEqual(self.successResultOf(first), b"aSB")
+        self.assertEqual(self.successResultOf(second), b"bSB")
+
+    def test_timeout(self) -> None:
+        """
+        A datagram not answered in time fails with L{ReplyTimeout}.
+        """
+        reply = self.client.request(b"a")
+        self.clock.advance(5)
+        self.failureResultOf(reply, ReplyTimeout)
+
+    def test_refused(self) -> None:
+        """
+        An ICMP "port unreachable" fails the waiting requests with
+        L{ConnectionRefusedError}.
+        """
+        reply = self.client.request(b"a")
+        self.client.connectionRefused()
+        self.failureResultOf(reply, ConnectionRefusedError)
+
+    def test_close(self) -> None:
+        """
+        C{close} stops listening and fails waiting and later requests.
+        """
+        reply = self.client.request(b"a")
+        self.client.close()
+        self.assertTrue(self.transport.stopped)
+        self.failureResultOf(reply, ConnectionDone)
+        self.failureResultOf(self.client.request(b"b"), ConnectionDone)
+
+    def test_unexpectedDatagramIsDropped(self) -> None:
+        """
+        A datagram when no request waits is dropped.
+        """
+        self.client.datagramReceived(b"stray", ("127.0.0.1", 8081))
+        reply = self.client.request(b"a")
+        self.assertNoResult(reply)
