@@ -107,7 +107,10 @@ class BenchOptions(usage.Options):
         if host is not None and port is None:
             raise usage.UsageError("give both HOST and PORT, or neither")
         self["host"] = host
-        self["port"] = None if port is None else coerce.port(port)
+        try:
+            self["port"] = None if port is None else coerce.port(port)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
         if self["connect"] is not None and self["host"] is not None:

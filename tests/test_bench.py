@@ -1,0 +1,277 @@
+"""
+Tests for L{tcplab.bench}: the load generator behind C{tcplab bench}.
+
+The runs are short and bounded by C{--requests}; they load a real echo
+server listening in this process on 127.0.0.1, port 0, while the generator
+runs in a thread.  They check what is reported, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from io import StringIO
+
+from twisted.internet import reactor, threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tcplab.bench import BenchOptions, BenchResult, LoadPlan, parseEndpoint, runBench
+from tcplab.server import EchoServerFactory
+
+SUMMARY_FIELDS = {
+    "framing",
+    "size",
+    "suffix",
+    "pipeline",
+    "connections",
+    "failedConnections",
+    "messages",
+    "seconds",
+    "messagesPerSecond",
+    "megabytesPerSecond",
+    "latencyMs",
+    "errors",
+    "unanswered",
+}
+
+
+class CorruptingEcho(Protocol):
+    """
+    Echo every byte back, except that the byte at stream offset
+    C{corruptAt} is replaced by C{"!"}.
+    """
+
+    corruptAt = 100
+
+    def connectionMade(self) -> None:
+        self.offset = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        start, self.offset = self.offset, self.offset + len(data)
+        if start <= self.corruptAt < self.offset:
+            index = self.corruptAt - start
+            data = data[:index] + b"!" + data[index + 1 :]
+        self.transport.write(data)
+
+
+def parse(*argv: str) -> BenchOptions:
+    """
+    @return: L{BenchOptions} parsed from C{argv}.
+    """
+    options = BenchOptions()
+    options.parseOptions(list(argv))
+    return options
+
+
+class BenchRunTests(TestCase):
+    """
+    L{runBench} against a server in this process.
+    """
+
+    def listen(self, factory: Factory) -> str:
+        """
+        Listen with C{factory} on 127.0.0.1, port 0, until the test ends.
+
+        @return: the port number, as text.
+        """
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return str(port.getHost().port)
+
+    async def bench(self, *argv: str) -> tuple[int, str, str]:
+        """
+        Run L{runBench} with C{argv} in a thread while the reactor serves.
+
+        @return: the exit code, what it printed and what it printed to stderr.
+        """
+        out, err = StringIO(), StringIO()
+        code = await threads.deferToThread(runBench, parse(*argv), out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    async def test_jsonFields(self) -> None:
+        """
+        C{--json} prints one JSON object with the throughput, the latency
+        percentiles and the error counts; every requested message is
+        answered and none is wrong.
+        """
+        port = self.listen(EchoServerFactory(framing="line", suffix=b"SB"))
+        code, out, err = await self.bench(
+            "--json", "-f", "line", "--suffix", "SB", "-c", "3", "-k", "8", "-n", "3000", "127.0.0.1", port
+        )
+        self.assertEqual((code, err), (0, ""))
+        summary = json.loads(out)
+        self.assertEqual(set(summary), SUMMARY_FIELDS)
+        self.assertEqual(set(summary["latencyMs"]), {"p50", "p90", "p99", "max"})
+        self.assertEqual(summary["messages"], 3000)
+        self.assertEqual(
+            (summary["connections"], summary["failedConnections"], summary["errors"], summary["unanswered"]),
+            (3, 0, 0, 0),
+        )
+        self.assertGreater(summary["messagesPerSecond"], 0)
+        self.assertGreater(summary["megabytesPerSecond"], 0)
+        latency = summary["latencyMs"]
+        self.assertTrue(0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"])
+
+    async def test_summary(self) -> None:
+        """
+        Without C{--json} the summary names messages/s, MB/s, the latency
+        percentiles, errors and failed connections.
+        """
+        port = self.listen(EchoServerFactory(framing="length", suffix=b"SB"))
+        code, out, err = await self.bench(
+            "-f", "length", "--suffix", "SB", "-c", "2", "-k", "4", "-n", "500", "127.0.0.1", port
+        )
+        self.assertEqual((code, err), (0, ""))
+        for text in [
+            "500 in",
+            "messages/s",
+            "MB/s",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "0 wrong replies",
+            "0 failed",
+        ]:
+            self.assertIn(text, out)
+
+    async def test_duration(self) -> None:
+        """
+        C{--duration} bounds the run by time and every message still in
+        flight at the end is waited for.
+        """
+        port = self.listen(EchoServerFactory())
+        code, out, err = await self.bench("--json", "-d", "0.3", "-k", "4", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, err, summary["unanswered"]), (0, "", 0))
+        self.assertGreater(summary["messages"], 0)
+        self.assertTrue(0.3 <= summary["seconds"] < 5)
+
+    async def test_processes(self) -> None:
+        """
+        C{--processes} shares the connections and requests out over several
+        processes and adds up what they measured.
+        """
+        port = self.listen(EchoServerFactory())
+        code, out, err = await self.bench("--json", "-p", "2", "-c", "3", "-n", "301", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual((summary["connections"], summary["messages"]), (3, 301))
+
+    async def test_wrongByteCounted(self) -> None:
+        """
+        A reply with one wrong byte counts as one error; the run still
+        reports, and exits 1 with one line on stderr.
+        """
+        port = self.listen(Factory.forProtocol(CorruptingEcho))
+        code, out, err = await self.bench(
+            "--json", "-f", "line", "-c", "1", "-k", "5", "-n", "50", "127.0.0.1", port
+        )
+        summary = json.loads(out)
+        self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
+        self.assertEqual(err, "tcplab bench: 1 wrong replies\n")
+
+    async def test_refused(self) -> None:
+        """
+        When no connection can be made, one line on stderr and exit code 1,
+        without a traceback.
+        """
+        unused = socket.socket()
+        unused.bind(("127.0.0.1", 0))
+        port = str(unused.getsockname()[1])
+        unused.close()
+        code, out, err = await self.bench("-n", "10", "127.0.0.1", port)
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn("cannot connect to 127.0.0.1:", err)
+
+
+class BenchOptionsTests(SynchronousTestCase):
+    """
+    L{BenchOptions} checks the command line.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no option, 10 connections send one 64-byte raw message at a
+        time each to 127.0.0.1:8081 for 5 seconds.
+        """
+        options = parse()
+        self.assertEqual(
+            (options["connections"], options["size"], options["pipeline"], options["framing"]),
+            (10, 64, 1, "raw"),
+        )
+        self.assertEqual((options["duration"], options["requests"]), (5.0, None))
+        self.assertEqual(str(options["address"]), "127.0.0.1:8081")
+
+    def test_connect(self) -> None:
+        """
+        C{--connect} takes a Twisted client endpoint string.
+        """
+        self.assertEqual(str(parse("--connect", "tcp:host=127.0.0.1:port=9000")["address"]), "127.0.0.1:9000")
+        self.assertEqual(str(parseEndpoint("unix:path=/tmp/echo.sock")), "/tmp/echo.sock")
+
+    def test_rejected(self) -> None:
+        """
+        Contradictory or impossible options are usage errors.
+        """
+        for argv in [
+            ["--suffix", "SB"],
+            ["-d", "1", "-n", "5"],
+            ["-c", "0"],
+            ["-c", "2", "-p", "3"],
+            ["--connect", "ssl:host=127.0.0.1:port=1"],
+            ["--connect", "tcp:host=127.0.0.1"],
+            ["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"],
+            ["127.0.0.1", "70000"],
+        ]:
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+
+class LoadPlanTests(SynchronousTestCase):
+    """
+    L{LoadPlan} builds the request and expected-reply streams.
+    """
+
+    def test_lengths(self) -> None:
+        """
+        Requests and replies are framed: a newline for lines, a 4-byte
+        header for length framing, the suffix inside the reply.
+        """
+        self.assertEqual(
+            (LoadPlan("line", 64, b"SB").requestLength, LoadPlan("line", 64, b"SB").replyLength), (65, 67)
+        )
+        self.assertEqual(
+            (LoadPlan("length", 10, b"SB").requestLength, LoadPlan("length", 10, b"SB").replyLength), (14, 16)
+        )
+        self.assertEqual((LoadPlan("raw", 7).requestLength, LoadPlan("raw", 7).replyLength), (7, 7))
+
+    def test_distinctMessages(self) -> None:
+        """
+        The messages of a period differ, so a reordered reply is wrong.
+        """
+        plan = LoadPlan("line", 16, b"", pipeline=100)
+        messages = plan.sendBuffer[: plan.sendPeriod].split(b"\n")[:-1]
+        self.assertEqual(len(messages), 100)
+        self.assertEqual(len(set(messages)), 100)
+
+    def test_expectedAt(self) -> None:
+        """
+        The expected reply bytes at any offset follow the periodic reply stream.
+        """
+        plan = LoadPlan("line", 5, b"SB")
+        stream = plan.expected[: plan.replyPeriod] * 3
+        offset = plan.replyPeriod + 3
+        self.assertEqual(plan.expectedAt(offset, 20), stream[offset : offset + 20])
+
+    def test_percentile(self) -> None:
+        """
+        Percentiles come from the histogram of microseconds, in milliseconds.
+        """
+        result = BenchResult(latencies={100: 50, 200: 40, 5000: 10})
+        self.assertEqual(
+            [result.percentile(0.5), result.percentile(0.9), result.percentile(0.99)], [0.1, 0.2, 5.0]
+        )
+        self.assertIsNone(BenchResult().percentile(0.5))
