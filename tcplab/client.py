@@ -16,13 +16,16 @@ argument.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, TimeoutError, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.logger import Logger
@@ -379,6 +382,8 @@ class DatagramEchoClient(DatagramProtocol):
     def __init__(self, clock: IReactorTime, timeout: float | None = defaults.CLIENT_TIMEOUT) -> None:
         self._replies = _ReplyQueue(clock, timeout, lambda error: None)
         self._closing = False
+        self._closeReason: Failure = Failure(ConnectionDone("not connected"))
+        self._port: Any = None
 
     @classmethod
     def connect(
@@ -418,7 +423,7 @@ class DatagramEchoClient(DatagramProtocol):
             the error that prevented sending.
         """
         if self.transport is None or self._closing:
-            return fail(ConnectionDone("closed by the client"))
+            return fail(self._closeReason)
         try:
             self.transport.write(message)
         except Exception as error:
@@ -434,7 +439,8 @@ class DatagramEchoClient(DatagramProtocol):
         stopping = None
         if not self._closing and self.transport is not None:
             self._closing = True
-            self._replies.failAll(Failure(ConnectionDone("closed by the client")))
+            self._closeReason = Failure(ConnectionDone("closed by the client"))
+            self._replies.failAll(self._closeReason)
             stopping = self.transport.stopListening()
         # UDP ports stop at once; maybeDeferred covers any that do not.
         return maybeDeferred(lambda: stopping).addCallback(lambda _: None)
@@ -447,5 +453,27 @@ class DatagramEchoClient(DatagramProtocol):
             return
         self._replies.complete(datagram)
 
+    def startProtocol(self) -> None:
+        # Twisted forgets the transport before calling stopProtocol.
+        self._port = self.transport
+
     def connectionRefused(self) -> None:
         self._replies.failAll(Failure(ConnectionRefusedError("port unreachable")))
+
+    def stopProtocol(self) -> None:
+        # The epoll reactor closes a UDP port whose socket reports an error
+        # (such as an ICMP "port unreachable") without calling
+        # connectionRefused: read the error while the socket is still open.
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            code = self._port.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except (AttributeError, OSError):
+            code = 0
+        if code == errno.ECONNREFUSED:
+            error: Exception = ConnectionRefusedError("port unreachable")
+        else:
+            error = ConnectionLost(os.strerror(code) if code else "the UDP port closed")
+        self._closeReason = Failure(error)
+        self._replies.failAll(self._closeReason)

@@ -5,6 +5,8 @@ memory (no sockets, no reactor; every timeout on a L{Clock}).
 
 from __future__ import annotations
 
+import errno
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -20,6 +22,7 @@ from tcplab import EchoClient, defaults
 from tcplab.client import DatagramEchoClient, ReplyTimeout
 from tcplab.framing import MessageTooLong, encode
 from tcplab.server import EchoServerFactory
+from tests.streams import cutAt
 
 QUIET = defaults.QUIET_PERIOD
 TIMEOUT = defaults.CLIENT_TIMEOUT
@@ -464,7 +467,7 @@ class PipeliningPropertyTests(SynchronousTestCase):
     @given(
         framing=st.sampled_from(["line", "length"]),
         messages=st.lists(st.binary(max_size=40).filter(lambda m: b"\n" not in m), max_size=8),
-        cuts=st.lists(st.integers(min_value=1, max_value=30), max_size=20),
+        cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
     )
     def test_anyChunking(self, framing: str, messages: list[bytes], cuts: list[int]) -> None:
         """
@@ -473,14 +476,24 @@ class PipeliningPropertyTests(SynchronousTestCase):
         client, transport, clock = alone(framing)
         replies = [client.request(message) for message in messages]
         stream = b"".join(encode(framing, message + b"SB") for message in messages)
-        for size in cuts:
-            client.dataReceived(stream[:size])
-            stream = stream[size:]
-        client.dataReceived(stream)
+        for chunk in cutAt(stream, cuts):
+            client.dataReceived(chunk)
         self.assertEqual(
             [self.successResultOf(reply) for reply in replies],
             [message + b"SB" for message in messages],
         )
+
+
+class FakeSocket:
+    """
+    A socket with a pending error.
+    """
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.error
 
 
 class FakeDatagramTransport:
@@ -491,6 +504,10 @@ class FakeDatagramTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.stopped = False
+        self.socket = FakeSocket(0)
+
+    def getHandle(self) -> FakeSocket:
+        return self.socket
 
     def write(self, datagram: bytes) -> None:
         self.written.append(datagram)
@@ -539,6 +556,19 @@ class DatagramEchoClientTests(SynchronousTestCase):
         reply = self.client.request(b"a")
         self.client.connectionRefused()
         self.failureResultOf(reply, ConnectionRefusedError)
+
+    def test_portClosedByAnError(self) -> None:
+        """
+        When the reactor closes the port because its socket reports an error
+        (what the epoll reactor does with an ICMP "port unreachable"), the
+        waiting requests and later ones fail with that error.
+        """
+        reply = self.client.request(b"a")
+        self.transport.socket.error = errno.ECONNREFUSED
+        self.client.doStop()
+        self.failureResultOf(reply, ConnectionRefusedError)
+        self.client.transport = self.transport  # type: ignore[assignment]
+        self.failureResultOf(self.client.request(b"b"), ConnectionRefusedError)
 
     def test_close(self) -> None:
         """

@@ -1,0 +1,631 @@
+"""
+Tests for C{tcplab client}: its options and console in memory, then the
+command itself, as a user runs it, against real servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import pexpect
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab import EchoClient
+from tcplab.cli import ClientOptions, ConsoleProtocol, ReplyPrinter
+from tcplab.client import ReplyTimeout
+from tcplab.server import EchoServerFactory
+from tests.seedserver import SeedServer
+from tests.serverprocess import ROOT, ServerProcess, environment
+from tests.test_client import Pump
+
+#: How long any one command may run before the test fails.
+LIMIT = 20
+
+DOCS = (ROOT / "docs" / "client.md").read_text(encoding="utf-8")
+
+
+def parse(*args: str) -> ClientOptions:
+    options = ClientOptions()
+    options.parseOptions(list(args))
+    return options
+
+
+class ClientOptionsTests(SynchronousTestCase):
+    """
+    L{ClientOptions} checks everything before anything connects.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without arguments the client talks to the lesson's address in raw
+        framing, with a 10-second timeout.
+        """
+        options = parse()
+        self.assertEqual(
+            (options["host"], options["port"], options["framing"], options["timeout"]),
+            ("127.0.0.1", 8081, "raw", 10.0),
+        )
+        self.assertEqual(options["address"], "127.0.0.1:8081")
+
+    def test_messagesInOrder(self) -> None:
+        """
+        C{-m} and C{--message} add UTF-8 messages, in order.
+        """
+        options = parse("-m", "你好", "--message", "b", "::1", "9000")
+        self.assertEqual(options["messages"], ["你好".encode(), b"b"])
+        self.assertEqual(options["address"], "[::1]:9000")
+
+    def test_zeroTimeoutMeansNone(self) -> None:
+        """
+        C{--timeout 0} means no limit.
+        """
+        self.assertIsNone(parse("--timeout", "0")["timeout"])
+
+    def test_usageErrors(self) -> None:
+        """
+        Impossible combinations are usage errors, with a one-line message.
+        """
+        for args, message in [
+            (["localhost", "70000"], "out of range"),
+            (["localhost", "0"], "port 0"),
+            (["localhost", "eighty"], "whole number"),
+            (["--framing", "xml"], "unknown framing"),
+            (["--timeout", "-1"], "duration"),
+            (["--udp", "--framing", "line"], "raw"),
+            (["--connect", "tcp:host=a:port=1", "localhost"], "not both"),
+            (["--udp", "--connect", "tcp:host=a:port=1"], "--udp"),
+            (["--connect", "nonsense:x"], "invalid endpoint"),
+            (["-m", ""], "empty"),
+            (["--framing", "line", "-m", "a\nb"], "newline"),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(message, str(error), args)
+            self.assertNotIn("\n", str(error))
+
+
+class ConsoleTestsMixin:
+    """
+    Builds a L{ConsoleProtocol} on a L{StringTransport}, talking through an
+    in-memory L{EchoClient} to tcplab's line server with suffix C{SB}.
+    """
+
+    def console(
+        self, framing: str = "line", interactive: bool = False, hexReplies: bool = False
+    ) -> ConsoleProtocol:
+        self.clock = Clock()
+        self.client = EchoClient(self.clock, framing=framing)
+        server = EchoServerFactory(framing=framing, suffix=b"SB").buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 50000)
+        )
+        assert server is not None
+        self.pump = Pump(self.client, server)
+        self.output = StringTransport()
+        printer = ReplyPrinter(
+            self.client.request,
+            self.output.write,
+            hexReplies,
+            prompt=b">>>: " if interactive else b"",
+        )
+        console = ConsoleProtocol(printer, interactive, skipEmpty=framing == "raw")
+        console.makeConnection(self.output)
+        return console
+
+
+class ConsoleProtocolTests(ConsoleTestsMixin, SynchronousTestCase):
+    """
+    L{ConsoleProtocol}: standard input lines in, replies out.
+    """
+
+    def test_pipedLinesAreMessages(self) -> None:
+        """
+        Each input line is a message without its line ending; each reply is
+        written on its own line, in order.
+        """
+        console = self.console()
+        console.dataReceived(b"one\r\ntw")
+        console.dataReceived(b"o\n\nthree")
+        console.readConnectionLost()
+        self.pump.flush()
+        self.assertEqual(self.output.value(), b"oneSB\ntwoSB\nSB\nthreeSB\n")
+
+    def test_noReplyLostAfterEndOfInput(self) -> None:
+        """
+        The end of input closes the output only after the last reply, and
+        C{finished} fires once the output is closed.
+        """
+        console = self.console()
+        console.dataReceived(b"".join(b"%d\n" % n for n in range(100)))
+        console.readConnectionLost()
+        self.assertFalse(self.output.disconnecting)
+        self.pump.flush()
+        self.assertEqual(self.output.value().count(b"SB\n"), 100)
+        self.assertTrue(self.output.disconnecting)
+        self.assertNoResult(console.finished)
+        console.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(console.finished)
+
+    def test_rawSkipsEmptyLines(self) -> None:
+        """
+        In raw framing an empty line has nothing to send and is skipped.
+        """
+        console = self.console(framing="raw")
+        console.dataReceived(b"\n\n")
+        console.readConnectionLost()
+        self.assertEqual(self.pump.clientTransport.value(), b"")
+        self.assertTrue(self.output.disconnecting)
+
+    def test_interactive(self) -> None:
+        """
+        Interactive: a prompt first and after each reply, input stripped as
+        by C{str.strip} (even of ideographic spaces), empty input skipped,
+        and a newline at the end of input.
+        """
+        console = self.console(interactive=True)
+        self.assertEqual(self.output.value(), b">>>: ")
+        console.dataReceived("\u3000 你好 \n".encode())
+        self.pump.flush()
+        self.assertEqual(self.output.value(), ">>>: 你好SB\n>>>: ".encode())
+        self.output.clear()
+        console.dataReceived(b"   \n")
+        self.assertEqual(self.output.value(), b">>>: ")
+        console.readConnectionLost()
+        self.assertEqual(self.output.value(), b">>>: \n")
+
+    def test_hexReplies(self) -> None:
+        """
+        With C{hexReplies} replies are written as hexadecimal.
+        """
+        console = self.console(hexReplies=True)
+        console.dataReceived("你好\n".encode())
+        self.pump.flush()
+        self.assertEqual(self.output.value(), b"e4bda0e5a5bd5342\n")
+
+    def test_undecodableRepliesAreReplaced(self) -> None:
+        """
+        Bytes of a reply that are not UTF-8 are written as U+FFFD.
+        """
+        console = self.console()
+        console.dataReceived(b"\xff\n")
+        self.pump.flush()
+        self.assertEqual(self.output.value(), "\ufffdSB\n".encode())
+
+    def test_failureEndsSession(self) -> None:
+        """
+        A request that fails ends the session: the output closes and
+        C{finished} fails with the reason.
+        """
+        console = self.console()
+        console.dataReceived(b"one\n")
+        self.clock.advance(10)
+        self.assertTrue(self.output.disconnecting)
+        console.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(console.finished, ReplyTimeout)
+
+    def test_closedOutputEndsSession(self) -> None:
+        """
+        When standard output goes away, the session ends at once.
+        """
+        console = self.console()
+        console.dataReceived(b"one\n")
+        console.writeConnectionLost()
+        self.failureResultOf(console.finished, OSError)
+
+    def test_tooLongInputLine(self) -> None:
+        """
+        An input line over the client's limit ends the session with an error
+        instead of growing the buffer.
+        """
+        console = self.console()
+        self.patch(console._lines, "maxLength", 8)
+        console.dataReceived(b"short\n" + b"x" * 20)
+        self.pump.flush()
+        console.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.failureResultOf(console.finished, ValueError).check(ValueError), ValueError)
+
+
+class ReplyPrinterTests(SynchronousTestCase):
+    """
+    L{ReplyPrinter} writes replies in request order and reports the first
+    failure once.
+    """
+
+    def test_firstFailureOnly(self) -> None:
+        """
+        After the first failure nothing more is written, and later failures
+        are consumed (no unhandled error).
+        """
+        requests: list[Deferred[bytes]] = []
+
+        def request(message: bytes) -> Deferred[bytes]:
+            requests.append(Deferred())
+            return requests[-1]
+
+        output: list[bytes] = []
+        printer = ReplyPrinter(request, output.append)
+        printer.send(b"a")
+        printer.send(b"b")
+        printer.end()
+        requests[0].errback(ReplyTimeout(1))
+        requests[1].errback(ReplyTimeout(1))
+        self.failureResultOf(printer.done, ReplyTimeout)
+        self.assertEqual(output, [])
+
+
+def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """
+    Run C{python -m tcplab client ARGS} from the source tree, to completion.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "tcplab", "client", *args],
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True,
+        cwd=ROOT,
+        env=environment(),
+        timeout=LIMIT,
+    )
+
+
+def freePort(kind: int = socket.SOCK_STREAM) -> int:
+    """
+    A port on 127.0.0.1 that nothing listens on (just now).
+    """
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class CommandTestsMixin:
+    """
+    Helpers for tests that run the command.
+    """
+
+    def server(self, *args: str) -> ServerProcess:
+        """
+        Start C{twist tcplab ARGS} on a free port; it stops after the test.
+        """
+        server = ServerProcess(*args)
+        self.addCleanup(server.stop)  # type: ignore[attr-defined]
+        return server
+
+    def assertSucceeds(self, result: subprocess.CompletedProcess[bytes], stdout: str) -> None:
+        self.assertEqual(  # type: ignore[attr-defined]
+            (result.returncode, result.stdout.decode(), result.stderr.decode()), (0, stdout, "")
+        )
+
+    def assertFails(self, result: subprocess.CompletedProcess[bytes], code: int, *fragments: str) -> None:
+        """
+        The command exited with C{code} and one line on stderr holding every
+        fragment.
+        """
+        stderr = result.stderr.decode()
+        self.assertEqual(result.returncode, code, stderr)  # type: ignore[attr-defined]
+        self.assertEqual(stderr.count("\n"), 1, stderr)  # type: ignore[attr-defined]
+        self.assertTrue(stderr.startswith("tcplab client: "), stderr)  # type: ignore[attr-defined]
+        for fragment in fragments:
+            self.assertIn(fragment, stderr)  # type: ignore[attr-defined]
+
+
+class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{tcplab client} one-shot and piped, against C{twist tcplab}.
+    """
+
+    def test_oneShot(self) -> None:
+        """
+        Each C{-m} message is sent in order and its reply printed on its own
+        line.
+        """
+        server = self.server("--suffix", "SB", "--framing", "line")
+        result = run("--framing", "line", "-m", "你好", "-m", "", "-m", "b", "127.0.0.1", str(server.port))
+        self.assertSucceeds(result, "你好SB\nSB\nbSB\n")
+
+    def test_rawOneShot(self) -> None:
+        """
+        In raw framing the reply ends after the quiet period.
+        """
+        server = self.server("--suffix", "SB")
+        self.assertSucceeds(run("-m", "你好", "127.0.0.1", str(server.port)), "你好SB\n")
+
+    def test_lengthFramingWithConnect(self) -> None:
+        """
+        C{--connect} takes an endpoint string; length framing works end to end.
+        """
+        server = self.server("--suffix", "SB", "--framing", "length")
+        endpoint = f"tcp:host=127.0.0.1:port={server.port}"
+        result = run("--connect", endpoint, "-f", "length", "-m", "a", "-m", "b\nc")
+        self.assertSucceeds(result, "aSB\nb\ncSB\n")
+
+    def test_pipedNoReplyLost(self) -> None:
+        """
+        Piped input: every line is a message and every reply is printed,
+        including all those that arrive after the end of input.
+        """
+        server = self.server("--suffix", "SB", "--framing", "line")
+        lines = b"".join(b"line %d\n" % n for n in range(2000))
+        result = run("--framing", "line", "127.0.0.1", str(server.port), input=lines)
+        self.assertSucceeds(result, "".join(f"line {n}SB\n" for n in range(2000)))
+
+    def test_pipedRaw(self) -> None:
+        """
+        Piped input in raw framing: empty lines are skipped, and an
+        unterminated last line is still a message.
+        """
+        server = self.server("--suffix", "SB")
+        result = run("127.0.0.1", str(server.port), input=b"one\n\ntwo")
+        self.assertSucceeds(result, "oneSB\ntwoSB\n")
+
+    def test_hex(self) -> None:
+        """
+        C{--hex} prints replies as hexadecimal.
+        """
+        server = self.server("--suffix", "SB")
+        self.assertSucceeds(run("--hex", "-m", "你好", "127.0.0.1", str(server.port)), "e4bda0e5a5bd5342\n")
+
+    def test_udp(self) -> None:
+        """
+        C{--udp} sends each message as a datagram, one-shot or piped.
+        """
+        server = self.server("--suffix", "SB", "--udp", "0")
+        assert server.process.stdout is not None
+        for line in server.process.stdout:
+            match = re.search(r"DatagramEcho starting on (\d+)", line)
+            if match:
+                break
+        assert match is not None
+        port = match.group(1)
+        self.assertSucceeds(run("--udp", "-m", "a", "-m", "你好", "127.0.0.1", port), "aSB\n你好SB\n")
+        self.assertSucceeds(run("--udp", "127.0.0.1", port, input=b"x\ny\n"), "xSB\nySB\n")
+
+    def test_refused(self) -> None:
+        """
+        A refused connection: status 1, one line naming the address and why.
+        """
+        port = freePort()
+        self.assertFails(
+            run("-m", "hi", "127.0.0.1", str(port)),
+            1,
+            f"cannot connect to 127.0.0.1:{port}",
+            "connection refused",
+        )
+
+    def test_missingUnixSocket(self) -> None:
+        """
+        A UNIX socket that does not exist: status 1, one line.
+        """
+        path = "/nonexistent/tcplab.sock"
+        self.assertFails(run("--connect", f"unix:path={path}", "-m", "hi"), 1, f"cannot connect to unix:path={path}")
+
+    def test_replyTimeout(self) -> None:
+        """
+        A server that never answers: status 1 after C{--timeout} seconds.
+        """
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            started = time.monotonic()
+            result = run("--timeout", "0.5", "-f", "line", "-m", "hi", "127.0.0.1", str(port))
+        self.assertLess(time.monotonic() - started, LIMIT / 2)
+        self.assertFails(result, 1, f"127.0.0.1:{port}", "no reply within 0.5 s")
+
+    def test_serverCloses(self) -> None:
+        """
+        A server that closes before replying: status 1, one line.
+        """
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(LIMIT)
+            port = listener.getsockname()[1]
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tcplab", "client", "-m", "hi", "127.0.0.1", str(port)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=ROOT, env=environment(),
+            )
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1024)
+            stdout, stderr = process.communicate(timeout=LIMIT)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        self.assertFails(result, 1, f"127.0.0.1:{port}", "connection closed by the server")
+
+    def test_udpTimeout(self) -> None:
+        """
+        UDP has no end of stream: a datagram not answered in time is a
+        failure.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            result = run("--udp", "--timeout", "0.5", "-m", "hi", "127.0.0.1", str(port))
+        self.assertFails(result, 1, f"127.0.0.1:{port}", "no reply within 0.5 s")
+
+    def test_udpRefused(self) -> None:
+        """
+        A UDP port nothing listens on is refused (ICMP port unreachable).
+        """
+        port = freePort(socket.SOCK_DGRAM)
+        self.assertFails(run("--udp", "-m", "hi", "127.0.0.1", str(port)), 1, "connection refused")
+
+    def test_usageErrors(self) -> None:
+        """
+        A bad port or an unknown option: status 2, one line, no traceback.
+        """
+        self.assertFails(run("127.0.0.1", "70000"), 2, "port 70000 is out of range")
+        self.assertFails(run("--bogus"), 2, "--bogus")
+
+    def test_help(self) -> None:
+        """
+        C{--help} describes the command and exits 0.
+        """
+        result = run("--help")
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(b"Usage: tcplab client [options] [HOST] [PORT]", result.stdout)
+
+
+class SeedServerTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    Raw framing against the lesson's own blocking server, which answers
+    C{msg + b'SB'} and never closes.  It dies when a client leaves (it only
+    catches C{ConnectionResetError}, not C{BrokenPipeError}), so each test
+    starts its own.
+    """
+
+    def seed(self) -> SeedServer:
+        server = SeedServer()
+        self.addCleanup(server.stop)
+        return server
+
+    def test_oneShot(self) -> None:
+        """
+        C{tcplab client -m 你好} prints C{你好SB} and exits promptly.
+        """
+        server = self.seed()
+        started = time.monotonic()
+        result = run("-m", "你好", "127.0.0.1", str(server.port))
+        self.assertSucceeds(result, "你好SB\n")
+        self.assertLess(time.monotonic() - started, 5)
+
+    def test_longMessage(self) -> None:
+        """
+        A message longer than the seed's C{recv(1024)} comes back in pieces,
+        each with its C{SB}; the reply is all of them.
+        """
+        server = self.seed()
+        result = run("-m", "x" * 3000, "127.0.0.1", str(server.port))
+        self.assertSucceeds(result, "SB".join(["x" * 1024, "x" * 1024, "x" * 952]) + "SB\n")
+
+    def test_piped(self) -> None:
+        """
+        Piped lines each get their reply.
+        """
+        server = self.seed()
+        self.assertSucceeds(run("127.0.0.1", str(server.port), input=b"one\n\ntwo\n"), "oneSB\ntwoSB\n")
+
+
+class InteractiveTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{tcplab client} on a terminal (a pseudo-terminal driven by pexpect).
+    """
+
+    def spawn(self, port: int) -> pexpect.spawn:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "tcplab", "client", "127.0.0.1", str(port)],
+            cwd=str(ROOT),
+            env=environment(),
+            timeout=LIMIT / 2,
+            encoding="utf-8",
+        )
+        self.addCleanup(child.close, force=True)
+        child.expect_exact(">>>: ")
+        return child
+
+    def assertExits(self, child: pexpect.spawn, code: int) -> None:
+        child.expect(pexpect.EOF)
+        child.close()
+        self.assertNotIn("Traceback", child.before)
+        self.assertEqual(child.exitstatus, code, child.before)
+
+    def test_promptLoop(self) -> None:
+        """
+        Each stripped line is sent and its reply printed before the next
+        prompt; empty input is skipped; Ctrl-D exits 0.
+        """
+        server = self.server("--suffix", "SB")
+        child = self.spawn(server.port)
+        child.sendline("  你好  ")
+        child.expect_exact("你好SB\r\n>>>: ")
+        child.sendline("")
+        child.expect_exact(">>>: ")
+        child.sendline("bye")
+        child.expect_exact("byeSB\r\n>>>: ")
+        child.sendeof()
+        self.assertExits(child, 0)
+
+    def test_ctrlC(self) -> None:
+        """
+        Ctrl-C at the prompt exits 0, quietly.
+        """
+        server = self.server("--suffix", "SB")
+        child = self.spawn(server.port)
+        child.sendintr()
+        self.assertExits(child, 0)
+
+    def test_seedServer(self) -> None:
+        """
+        The prompt loop works against the lesson's server.
+        """
+        server = SeedServer()
+        self.addCleanup(server.stop)
+        child = self.spawn(server.port)
+        child.sendline("你好")
+        child.expect_exact("你好SB\r\n>>>: ")
+        child.sendeof()
+        self.assertExits(child, 0)
+
+    def test_serverGoesAway(self) -> None:
+        """
+        A server that closes the connection while the client waits for input
+        ends the session: status 1, naming the address.
+        """
+        server = self.server("--suffix", "SB")
+        child = self.spawn(server.port)
+        server.stop()
+        child.expect_exact(f"tcplab client: 127.0.0.1:{server.port}: connection closed by the server")
+        self.assertExits(child, 1)
+
+
+class DocsTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    The commands and the library example in docs/client.md work as shown.
+    """
+
+    def test_commands(self) -> None:
+        """
+        Each shell example succeeds, and prints what its comment says, run
+        against C{twist tcplab --suffix SB} (in the example's framing) on a
+        free port.
+        """
+        servers = {
+            framing: self.server("--suffix", "SB", "--framing", framing) for framing in ("raw", "line")
+        }
+        [block] = re.findall(r"```sh\n(.*?)```", DOCS, re.DOTALL)
+        for line in block.splitlines():
+            command, _, comment = line.partition("#")
+            stdin = None
+            if "|" in command:
+                producer, command = command.split("|")
+                stdin = subprocess.run(shlex.split(producer), capture_output=True).stdout
+            words = shlex.split(command)
+            self.assertEqual(words[:2], ["tcplab", "client"])
+            port = str(servers["line" if "line" in words else "raw"].port)
+            words = [port if word == "8081" else word for word in words]
+            if port not in words:
+                words += ["127.0.0.1", port]
+            result = run(*words[2:], input=stdin)
+            self.assertEqual(result.returncode, 0, (line, result.stderr))
+            expected = re.search(r"prints (\S+)", comment)
+            if expected:
+                self.assertEqual(result.stdout.decode(), expected.group(1) + "\n")
+
+    def test_library(self) -> None:
+        """
+        The library example prints the server's reply.
+        """
+        server = self.server("--suffix", "SB")
+        [example] = re.findall(r"```python\n(.*?)```", DOCS, re.DOTALL)
+        result = subprocess.run(
+            [sys.executable, "-c", example.replace("8081", str(server.port))],
+            capture_output=True, cwd=ROOT, env=environment(), timeout=LIMIT, stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual((result.returncode, result.stdout.decode()), (0, "你好SB\n"), result.stderr)
