@@ -261,7 +261,12 @@ class ReplyPrinter:
         if self.done.called:
             return
         text = reply.hex() if self._hex else reply.decode("utf-8", "replace")
-        self._write(text.encode("utf-8") + b"\n")
+        try:
+            self._write(text.encode("utf-8") + b"\n")
+        except OSError:
+            # Such as a closed pipe: the session cannot go on.
+            self.fail(Failure())
+            return
         if not self._ending:
             self.prompt()
         self._finishIfDone()
@@ -470,6 +475,8 @@ def _reason(error: BaseException, config: ClientOptions) -> str:
         return str(error.osError).rstrip(".")
     if isinstance(error, (ReplyTimeout, MessageTooLong)):
         return str(error)
+    if isinstance(error, BrokenPipeError):
+        return "standard output closed"
     return str(error) or type(error).__name__
 
 
@@ -526,6 +533,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     @return: the exit code.
     """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (C{tcplab --help | head -1}):
+        # nothing more can be said there; keep Python's exit flush quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     options = Options()
     try:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))

@@ -262,6 +262,24 @@ class ReplyPrinterTests(SynchronousTestCase):
         self.failureResultOf(printer.done, ReplyTimeout)
         self.assertEqual(output, [])
 
+    def test_closedOutput(self) -> None:
+        """
+        An output that cannot be written (a closed pipe) fails the session
+        instead of raising inside a callback.
+        """
+
+        def write(data: bytes) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        printer = ReplyPrinter(lambda message: Deferred.fromCoroutine(_reply(message)), write)
+        printer.send(b"a")
+        printer.end()
+        self.failureResultOf(printer.done, BrokenPipeError)
+
+
+async def _reply(message: bytes) -> bytes:
+    return message
+
 
 def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """
