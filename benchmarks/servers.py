@@ -60,9 +60,17 @@ def _runTwisted(makeFactory: Callable[[], object]) -> Callable[[Callable[[int], 
 
 def _tcplab(framing: str, suffix: bytes) -> Callable[[], object]:
     def makeFactory() -> object:
+        import inspect
+
         from tcplab.server import EchoServerFactory
 
-        return EchoServerFactory(framing=framing, suffix=suffix)
+        # The idle scenario holds 10,000 connections: lift the server's
+        # connection limit, where it has one; every other setting is the default.
+        unlimited = {"maxConnections": 0}
+        accepted = inspect.signature(EchoServerFactory).parameters
+        return EchoServerFactory(
+            framing=framing, suffix=suffix, **{k: v for k, v in unlimited.items() if k in accepted}
+        )
 
     return makeFactory
 

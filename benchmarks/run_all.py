@@ -1,0 +1,195 @@
+"""
+Every benchmark of issue 5 in one run: tcplab (raw; line+SB; length+SB) and
+the anchors (Twisted C{wire.Echo}, a C{LineReceiver} echo, an
+C{Int32StringReceiver} echo, an asyncio C{Protocol} echo and, when uvloop is
+installed, the same on uvloop) under the same loads:
+
+  - ping-pong: 10 connections x 64 B, one message in flight on each;
+  - bulk: 100 connections x 1 KiB, one message in flight on each;
+  - pipelined: 10 connections x 64 B, 100 messages in flight on each;
+  - idle: 10,000 connections that exchange one message and stay open:
+    server RSS per connection.
+
+Each server runs in its own subprocess (epoll reactor for Twisted) on
+127.0.0.1, port 0, pinned to CPU 0; the load generator (C{tcplab.bench},
+which checks every reply byte for byte) is pinned to CPU 1.  Each table
+ends with the ratio of every tcplab server to every anchor.
+
+Run from the project root::
+
+    .venv/bin/python -m benchmarks.run_all [--duration 3] [--repeat 1] [--idle 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from benchmarks.harness import GENERATOR_CPU, SERVER_CPU, Load, bench, machine, rate, ratio, table
+from benchmarks.servers import HOST, SERVERS, ServerProcess, raiseFileLimit
+from tcplab.framing import encode
+
+OURS = ["tcplab-raw", "tcplab-line", "tcplab-length"]
+ANCHORS = ["wire-echo", "line-receiver", "int32-receiver", "asyncio", "uvloop"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    connections: int
+    size: int
+    pipeline: int
+
+
+SCENARIOS = [
+    Scenario("ping-pong 10 x 64 B", 10, 64, 1),
+    Scenario("bulk 100 x 1 KiB", 100, 1024, 1),
+    Scenario("pipelined 10 x 64 B x 100 in flight", 10, 64, 100),
+]
+
+
+def throughput(names: list[str], scenario: Scenario, duration: float, repeat: int) -> dict[str, dict]:
+    """
+    @return: the best bench summary of each server under C{scenario}.
+    """
+    load = Load(scenario.connections, scenario.size, scenario.pipeline, duration)
+    results = {}
+    for name in names:
+        runs = []
+        for _ in range(repeat):
+            with ServerProcess(name, cpu=SERVER_CPU) as server:
+                runs.append(bench(server, load))
+        results[name] = max(runs, key=lambda summary: summary["messagesPerSecond"])
+    return results
+
+
+def idleRss(name: str, connections: int) -> float:
+    """
+    Open C{connections} connections to a fresh server C{name}, exchange one
+    16-byte message on each, and leave them open.
+
+    @return: the growth of the server's RSS per connection, in bytes.
+    """
+    spec = SERVERS[name]
+    request = encode(spec.framing, b"idle connection!")
+    reply = encode(spec.framing, b"idle connection!" + spec.suffix)
+    with ServerProcess(name, cpu=SERVER_CPU) as server:
+        _exchange(server.port, request, reply, 50)  # warm up: imports, first buffers
+        time.sleep(0.3)
+        before = server.rss()
+        sockets = _exchange(server.port, request, reply, connections)
+        time.sleep(0.5)
+        after = server.rss()
+        for sock in sockets:
+            sock.close()
+    return (after - before) / connections
+
+
+def _exchange(port: int, request: bytes, reply: bytes, count: int) -> list[socket.socket]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((HOST, port), timeout=10)
+            sockets.append(sock)
+            sock.sendall(request)
+            got = b""
+            while len(got) < len(reply):
+                chunk = sock.recv(len(reply) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            if got != reply:
+                raise RuntimeError(f"wrong reply on an idle connection: {got!r}")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def ratios(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str:
+    """
+    @return: a table of the messages/s of each tcplab server over each anchor's.
+    """
+    present = [name for name in anchors if name in results]
+    rows = [
+        [SERVERS[name].label, *(ratio(results[name], results[anchor]) for anchor in present)]
+        for name in ours
+        if name in results
+    ]
+    return table(["tcplab / anchor", *(SERVERS[anchor].label for anchor in present)], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per case [3]")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best counts [1]")
+    parser.add_argument(
+        "--idle", type=int, default=10000, help="connections of the idle scenario; 0 skips it [10000]"
+    )
+    parser.add_argument("--servers", default=None, help="comma-separated server names [all available]")
+    args = parser.parse_args(argv)
+    names = [name for name, server in SERVERS.items() if server.available()]
+    if args.servers:
+        names = [name for name in args.servers.split(",") if name in names]
+    missing = sorted(set(SERVERS) - set(names))
+
+    info = machine()
+    print(
+        f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, Twisted {info['twisted']}, "
+        f"Linux {info['kernel']}; servers on CPU {SERVER_CPU}, generator on CPU {GENERATOR_CPU}, "
+        f"{args.duration:g} s per case, best of {args.repeat}"
+    )
+    if missing:
+        print(f"not measured: {', '.join(missing)}")
+    try:
+        for scenario in SCENARIOS:
+            results = throughput(names, scenario, args.duration, args.repeat)
+            print(f"\n## {scenario.name}\n")
+            rows = [
+                [
+                    SERVERS[name].label,
+                    rate(summary),
+                    f"{summary['megabytesPerSecond']:,.1f}",
+                    f"{summary['latencyMs']['p50']:.3f}",
+                    f"{summary['latencyMs']['p99']:.3f}",
+                    f"{summary['serverCpu']:.0%}",
+                ]
+                for name, summary in results.items()
+            ]
+            print(table(["server", "msg/s", "MB/s", "p50 ms", "p99 ms", "server CPU"], rows))
+            print()
+            print(ratios(results, OURS, ANCHORS))
+        if args.idle:
+            # The generator's own sockets and the server's both need descriptors.
+            limit = raiseFileLimit(args.idle + 100)
+            if limit < args.idle + 100:
+                print(f"\nidle scenario skipped: the open-file limit is {limit}")
+                return 0
+            if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+                os.sched_setaffinity(0, {GENERATOR_CPU})
+            print(f"\n## idle: {args.idle:,} connections, server RSS per connection\n")
+            perConnection = {name: idleRss(name, args.idle) for name in names}
+            wire = perConnection.get("wire-echo")
+            rows = [
+                [
+                    SERVERS[name].label,
+                    f"{size / 1024:.2f}",
+                    f"{size / wire:.2f}x" if wire else "-",
+                ]
+                for name, size in perConnection.items()
+            ]
+            print(table(["server", "KiB per connection", "vs wire.Echo"], rows))
+    except (RuntimeError, OSError) as error:
+        print(f"run_all: {error}", file=sys.stderr)
+        return 1
+    print("\nevery reply was checked byte for byte by the generator: 0 wrong, 0 unanswered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
