@@ -4,20 +4,24 @@ The twistd plugin's options and service: C{twist tcplab} / C{twistd -n tcplab}.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
 from twisted.python import usage
 
 from tcplab import coerce, defaults
 from tcplab.framing import MAX_FRAME_PAYLOAD
-from tcplab.server import EchoServerFactory
+from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
 
 
@@ -54,6 +58,34 @@ class Options(usage.Options):
             defaults.MAX_LENGTH,
             "Longest message in bytes (line and length framings).",
             coerce.size,
+        ],
+        [
+            "idle-timeout",
+            None,
+            defaults.IDLE_TIMEOUT,
+            "Close a connection after this many seconds without traffic (0: never).",
+            coerce.seconds,
+        ],
+        [
+            "max-connections",
+            None,
+            defaults.MAX_CONNECTIONS,
+            "Connections open at once; more are refused (0: no limit).",
+            coerce.count,
+        ],
+        [
+            "max-per-peer",
+            None,
+            defaults.MAX_PER_PEER,
+            "Connections one peer address may hold open at once (0: no limit).",
+            coerce.count,
+        ],
+        [
+            "drain-timeout",
+            None,
+            defaults.DRAIN_TIMEOUT,
+            "On SIGTERM/SIGINT, seconds to finish echoing before aborting what is left.",
+            coerce.seconds,
         ],
     ]
 
@@ -94,14 +126,23 @@ class EchoService(MultiService):
     The tcplab server: every listener, and the factory they share.
 
     A listener that cannot start ends the process with one line naming the
-    address and the reason, instead of a traceback.
+    address and the reason, instead of a traceback.  Stopping (SIGTERM or
+    SIGINT) stops accepting, finishes echoing what was received, logs a
+    one-line summary, and exits 0.
 
     @ivar factory: the L{EchoServerFactory} serving every TCP listener.
+    @ivar drainTimeout: seconds to finish echoing when stopping.
     """
 
-    def __init__(self, factory: EchoServerFactory) -> None:
+    _log = Logger()
+
+    def __init__(
+        self, factory: EchoServerFactory, reactor: IReactorCore, drainTimeout: float = defaults.DRAIN_TIMEOUT
+    ) -> None:
         super().__init__()
         self.factory = factory
+        self.drainTimeout = drainTimeout
+        self._reactor = reactor
         self._descriptions: dict[IService, str] = {}
 
     def addListener(self, description: str, service: IService) -> None:
@@ -120,6 +161,28 @@ class EchoService(MultiService):
         Service.startService(self)
         for child in self:
             self._start(child, child.startService)
+        self._reactor.callWhenRunning(self._handleSignals)
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[Any] = super().stopService()  # type: ignore[assignment]
+        stopped.addCallback(lambda _: self.factory.drain(self.drainTimeout))
+        return stopped.addCallback(self._logSummary)
+
+    def _logSummary(self, stats: ServerStats) -> None:
+        self._log.info("tcplab stopped: {summary}", summary=str(stats))
+
+    def _handleSignals(self) -> None:
+        # The reactor's own handlers make twist/twistd re-raise the signal
+        # once stopped (exit status 143 or 130); a drained stop is a success.
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, self._stopOnSignal)
+
+    def _stopOnSignal(self, number: int, frame: object) -> None:
+        self._log.info(
+            "received {signal}: finishing open connections", signal=signal.Signals(number).name
+        )
+        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
         try:
@@ -150,10 +213,13 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         suffix=config["suffix"],
         maxLength=config["max-length"],
         logMessages=bool(config["log-messages"]),
+        idleTimeout=config["idle-timeout"],
+        maxConnections=config["max-connections"],
+        maxPerPeer=config["max-per-peer"],
         maxServed=1 if config["once"] else None,
         reactor=reactor,
     )
-    service = EchoService(factory)
+    service = EchoService(factory, reactor, drainTimeout=config["drain-timeout"])
     for description in config["listen"]:
         endpoint = serverFromString(reactor, description)
         service.addListener(description, _Listener(endpoint, factory))

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,27 +65,50 @@ class ServerProcess:
             env=environment() if env is None else env, cwd=cwd, stdin=subprocess.DEVNULL,
         )
         self.output: list[str] = []
-        deadline = time.monotonic() + timeout
+        self._started = threading.Event()
+        # Read the log all along: a full pipe would block the server.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._started.wait(timeout) or self.port is None:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    port: int | None = None
+
+    def _read(self) -> None:
         assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
+        for line in self.process.stdout:
             self.output.append(line)
-            match = _PORT.search(line)
-            if match:
-                self.port = int(match.group(1))
-                return
-        self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.output))
+            if self.port is None:
+                match = _PORT.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    self._started.set()
+        self._started.set()
+
+    def log(self) -> str:
+        """
+        Everything the server has logged so far.
+        """
+        return "".join(self.output)
+
+    def waitForLog(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+        """
+        Wait until the log matches C{pattern}; return the match.
+        """
+        deadline = time.monotonic() + timeout
+        while (match := re.search(pattern, self.log())) is None:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"{pattern!r} never logged:\n{self.log()}")
+            time.sleep(0.05)
+        return match
 
     def wait(self, timeout: float = 10) -> int:
         """
         Wait for the process to exit; return its exit code.
         """
         code = self.process.wait(timeout)
-        assert self.process.stdout is not None
-        self.output.append(self.process.stdout.read())
+        self._reader.join(timeout)
         return code
 
     def stop(self) -> None:
@@ -98,5 +122,4 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        self._reader.join(10)

@@ -74,10 +74,8 @@ class ConcurrentClientsTests(TestCase):
 
     async def _serveMany(self, framing: str) -> None:
         suffix = b"SB"
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            EchoServerFactory(framing=framing, suffix=suffix)
-        )
-        self.addCleanup(port.stopListening)
+        factory = EchoServerFactory(framing=framing, suffix=suffix)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         rng = random.Random(framing)
         clients, expected = [], []
@@ -90,6 +88,10 @@ class ConcurrentClientsTests(TestCase):
         replies = await gatherResults([client.done for client, _ in expected])
         for (_, reply), received in zip(expected, replies, strict=True):
             self.assertEqual(received, reply)
+        await port.stopListening()
+        stats = await factory.drain()
+        self.assertEqual((stats.served, stats.open), (CLIENTS, 0))
+        self.assertEqual(stats.bytesOut, sum(len(reply) for _, reply in expected))
 
     def test_raw(self) -> Deferred[None]:
         """

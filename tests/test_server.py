@@ -207,13 +207,17 @@ class ConnectionTests(SynchronousTestCase):
 
     def test_registersTransportAsProducer(self) -> None:
         """
-        The transport is registered as its own streaming producer, so reading
-        pauses while its write buffer is full.
+        The protocol is its transport's streaming producer, and pausing it
+        pauses the transport's reading.
         """
         for framing in ("raw", "line", "length"):
             protocol, transport = connect(EchoServerFactory(framing=framing))
-            self.assertIs(transport.producer, transport)
+            self.assertIs(transport.producer, protocol)
             self.assertTrue(transport.streaming)
+            protocol.pauseProducing()
+            self.assertEqual(transport.producerState, "paused")
+            protocol.resumeProducing()
+            self.assertEqual(transport.producerState, "producing")
 
     def test_halfCloseAnswersPendingLine(self) -> None:
         """

@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import os
 
-from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +18,8 @@ from tcplab import defaults
 from tcplab.server import EchoServerFactory
 from tcplab.tap import Options, buildService
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
 
 def parse(*argv: str) -> Options:
@@ -150,15 +154,15 @@ class BuildServiceTests(SynchronousTestCase):
         """
         With C{--once}, the reactor stops when the one connection is closed.
         """
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         service = buildService(parse("--once"), reactor)
         service.startService()
         factory = service.factory
-        protocol = factory.buildProtocol(None)
-        factory.connectionOpened(protocol)
-        self.assertIsNone(factory.buildProtocol(None))
+        protocol = factory.buildProtocol(PEER)
+        protocol.makeConnection(StringTransport(peerAddress=PEER))
+        self.assertIsNone(factory.buildProtocol(PEER))
         self.assertFalse(reactor.hasStopped)
-        factory.connectionClosed(protocol)
+        protocol.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(reactor.hasStopped)
 
     def test_listenFailureIsOneLine(self) -> None:

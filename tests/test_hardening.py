@@ -1,0 +1,241 @@
+"""
+Tests for how the server protects itself and its clients, in memory: idle
+timeouts, connection limits, closing without losing replies, and draining.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcplab import defaults
+from tcplab.server import EchoProtocol, EchoServerFactory
+
+
+def address(host: str = "127.0.0.1", port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+class HalfCloseableTransport(StringTransport):
+    """
+    A L{StringTransport} that, like TCP, can shut its write side only.
+    """
+
+    writeClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+
+def connect(factory: EchoServerFactory, peer: IPv4Address | None = None, transportType=StringTransport):
+    peer = peer or address()
+    protocol = factory.buildProtocol(peer)
+    transport = transportType(peerAddress=peer)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def lose(protocol: EchoProtocol) -> None:
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    A connection with no traffic for C{idleTimeout} seconds is closed.
+    """
+
+    def test_idleConnectionClosed(self) -> None:
+        """
+        Traffic postpones the timeout; silence for the whole timeout closes.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(idleTimeout=30, reactor=clock))
+        clock.advance(29)
+        protocol.dataReceived(b"still here")
+        clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_disabled(self) -> None:
+        """
+        An idle timeout of 0 never closes.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(idleTimeout=0, reactor=clock))
+        clock.advance(10 * defaults.IDLE_TIMEOUT)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_timersStopWithConnection(self) -> None:
+        """
+        Nothing stays scheduled once the connection is lost.
+        """
+        clock = Clock()
+        protocol, _ = connect(EchoServerFactory(idleTimeout=30, reactor=clock))
+        protocol.close()
+        lose(protocol)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    Closing delivers every reply, and never waits forever.
+    """
+
+    def test_lingeringClose(self) -> None:
+        """
+        On a transport that can shut its write side, closing shuts it, keeps
+        reading (dropping what arrives), and closes fully on the peer's EOF.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(reactor=clock), transportType=HalfCloseableTransport)
+        protocol.dataReceived(b"answered")
+        protocol.close()
+        self.assertTrue(transport.writeClosed)
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(transport.producerState, "producing")
+        protocol.dataReceived(b"dropped")
+        self.assertEqual(transport.value(), b"answered")
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+    def test_abortAfterCloseTimeout(self) -> None:
+        """
+        A peer that never lets the close finish is aborted after
+        C{closeTimeout} seconds.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(reactor=clock))
+        protocol.close()
+        clock.advance(EchoProtocol.closeTimeout - 1)
+        self.assertFalse(transport.disconnected)
+        clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    C{maxConnections} and C{maxPerPeer} turn excess connections away.
+    """
+
+    def test_maxConnections(self) -> None:
+        """
+        A connection beyond the limit is closed at once, in line framing after
+        one error line; admitted connections go on being served.
+        """
+        factory = EchoServerFactory(framing="line", maxConnections=2, reactor=Clock())
+        first, firstTransport = connect(factory)
+        connect(factory)
+        refused, refusedTransport = connect(factory, address(port=40001))
+        self.assertEqual(refusedTransport.value(), b"error: server busy (2 connections); try again later\n")
+        self.assertTrue(refusedTransport.disconnecting)
+        refused.dataReceived(b"ignored\n")
+        self.assertEqual(len(refusedTransport.value().splitlines()), 1)
+        first.dataReceived(b"hello\n")
+        self.assertEqual(firstTransport.value(), b"hello\n")
+        self.assertEqual((factory.stats().served, factory.stats().refused, factory.stats().open), (2, 1, 2))
+
+    def test_rawRefusalSaysNothing(self) -> None:
+        """
+        In raw framing a refused connection is closed without a word.
+        """
+        factory = EchoServerFactory(maxConnections=1, reactor=Clock())
+        connect(factory)
+        _, transport = connect(factory)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_slotFreedOnClose(self) -> None:
+        """
+        When a connection closes, its slot is free again.
+        """
+        factory = EchoServerFactory(maxConnections=1, reactor=Clock())
+        protocol, _ = connect(factory)
+        lose(protocol)
+        _, transport = connect(factory)
+        self.assertFalse(transport.disconnecting)
+
+    def test_maxPerPeer(self) -> None:
+        """
+        One address may hold at most C{maxPerPeer} connections; other
+        addresses are unaffected.
+        """
+        factory = EchoServerFactory(framing="line", maxPerPeer=1, reactor=Clock())
+        connect(factory, address("10.0.0.1", 1))
+        _, refused = connect(factory, address("10.0.0.1", 2))
+        _, other = connect(factory, address("10.0.0.2", 1))
+        self.assertEqual(refused.value(), b"error: too many connections from your address (limit 1)\n")
+        self.assertFalse(other.disconnecting)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    L{EchoServerFactory.drain} finishes every connection without losing replies.
+    """
+
+    def test_quietConnectionsClosed(self) -> None:
+        """
+        A connection quiet for C{drainQuiet} seconds is closed; one that keeps
+        sending is still answered until it goes quiet.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(reactor=clock)
+        quiet, quietTransport = connect(factory)
+        busy, busyTransport = connect(factory, address(port=40001))
+        drained = factory.drain(timeout=10)
+        clock.advance(EchoProtocol.drainQuiet / 2)
+        busy.dataReceived(b"more")
+        clock.advance(EchoProtocol.drainQuiet / 2)
+        self.assertTrue(quietTransport.disconnecting)
+        self.assertEqual(busyTransport.value(), b"more")
+        self.assertFalse(busyTransport.disconnecting)
+        clock.advance(EchoProtocol.drainQuiet)
+        self.assertTrue(busyTransport.disconnecting)
+        self.assertNoResult(drained)
+        lose(quiet)
+        lose(busy)
+        stats = self.successResultOf(drained)
+        self.assertEqual((stats.served, stats.open, stats.bytesIn, stats.bytesOut), (2, 0, 4, 4))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_pausedConnectionWaits(self) -> None:
+        """
+        A connection paused because its peer is not reading is not quiet: it
+        is closed only after it resumes and then goes quiet.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(reactor=clock)
+        protocol, transport = connect(factory)
+        protocol.pauseProducing()
+        factory.drain(timeout=10)
+        clock.advance(5 * EchoProtocol.drainQuiet)
+        self.assertFalse(transport.disconnecting)
+        protocol.resumeProducing()
+        clock.advance(EchoProtocol.drainQuiet)
+        self.assertTrue(transport.disconnecting)
+
+    def test_abortAfterTimeout(self) -> None:
+        """
+        Connections still open after the drain timeout are aborted.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(reactor=clock)
+        protocol, transport = connect(factory)
+        protocol.pauseProducing()
+        drained = factory.drain(timeout=3)
+        clock.advance(3)
+        self.assertTrue(transport.disconnected)
+        lose(protocol)
+        self.assertEqual(self.successResultOf(drained).open, 0)
+
+    def test_nothingOpen(self) -> None:
+        """
+        With no connection open, draining is immediate.
+        """
+        self.assertEqual(self.successResultOf(EchoServerFactory(reactor=Clock()).drain()).open, 0)
