@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from tcplab import __version__, coerce, defaults
 from tcplab.address import formatAddress
+from tcplab.bench import BenchOptions, runBench
 from tcplab.client import DatagramEchoClient, EchoClient, ReplyTimeout
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
 
@@ -172,6 +173,7 @@ class Options(usage.Options):
     )
     subCommands: list[tuple[str, None, type[usage.Options], str]] = [
         ("client", None, ClientOptions, "Send messages to an echo server, print the replies."),
+        ("bench", None, BenchOptions, "Measure an echo server: throughput, latency, errors."),
     ]
 
     def opt_version(self) -> None:
@@ -554,6 +556,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     if options.subCommand == "client":
         return runClient(options.subOptions)
+    if options.subCommand == "bench":
+        return runBench(options.subOptions)
     return EXIT_OK
 
 

@@ -77,6 +77,10 @@ class BenchRunTests(TestCase):
         @return: the port number, as text.
         """
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        if isinstance(factory, EchoServerFactory):
+            # Runs after stopListening: wait for the server side of every
+            # connection to close, so that no timer outlives the test.
+            self.addCleanup(factory.drain)
         self.addCleanup(port.stopListening)
         return str(port.getHost().port)
 

@@ -106,7 +106,7 @@ class ConsoleTestsMixin:
     ) -> ConsoleProtocol:
         self.clock = Clock()
         self.client = EchoClient(self.clock, framing=framing)
-        server = EchoServerFactory(framing=framing, suffix=b"SB").buildProtocol(
+        server = EchoServerFactory(framing=framing, suffix=b"SB", reactor=self.clock).buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 50000)
         )
         assert server is not None
@@ -397,13 +397,7 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         C{--udp} sends each message as a datagram, one-shot or piped.
         """
         server = self.server("--suffix", "SB", "--udp", "0")
-        assert server.process.stdout is not None
-        for line in server.process.stdout:
-            match = re.search(r"DatagramEcho starting on (\d+)", line)
-            if match:
-                break
-        assert match is not None
-        port = match.group(1)
+        port = server.waitForLog(r"DatagramEcho starting on (\d+)").group(1)
         self.assertSucceeds(run("--udp", "-m", "a", "-m", "你好", "127.0.0.1", port), "aSB\n你好SB\n")
         self.assertSucceeds(run("--udp", "127.0.0.1", port, input=b"x\ny\n"), "xSB\nySB\n")
 
