@@ -13,6 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcplab.bench import BenchOptions
 from tcplab.tap import Options
 from tests.serverprocess import ROOT, environment
 
@@ -98,3 +99,31 @@ class ReadmeTests(SynchronousTestCase):
             process.terminate()
             process.wait(10)
             process.stderr.close()
+
+    def test_clientExamples(self) -> None:
+        """
+        The README's client examples are the ones docs/client.md shows, which
+        the client's tests run.
+        """
+        docs = (ROOT / "docs" / "client.md").read_text(encoding="utf-8")
+        commands = [line.split("#")[0].strip() for line in blocks("sh")[3].splitlines()]
+        self.assertTrue(all(command.startswith(("tcplab client", "printf")) for command in commands))
+        for command in commands:
+            self.assertIn(command, docs)
+        [library] = [block for block in blocks("python") if "EchoClient" in block]
+        self.assertIn(library, docs)
+
+    def test_measuringCommands(self) -> None:
+        """
+        The measuring commands parse: C{tcplab bench} with its options, and the
+        benchmark suite's C{--help}.
+        """
+        bench, suite = [line.split("#")[0].strip() for line in blocks("sh")[4].splitlines()]
+        words = shlex.split(bench)
+        self.assertEqual(words[:2], ["tcplab", "bench"])
+        BenchOptions().parseOptions(words[2:])
+        result = subprocess.run(
+            [sys.executable, *shlex.split(suite)[1:], "--help"],
+            capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
