@@ -50,15 +50,19 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_idleConnectionClosed(self) -> None:
         """
-        Traffic postpones the timeout; silence for the whole timeout closes.
+        Traffic postpones the timeout; silence for the whole timeout closes,
+        within a tenth of the timeout (the factory checks all connections
+        periodically rather than resetting a timer on every read).
         """
         clock = Clock()
-        protocol, transport = connect(EchoServerFactory(idleTimeout=30, reactor=clock))
-        clock.advance(29)
+        factory = EchoServerFactory(idleTimeout=30, reactor=clock)
+        factory.doStart()
+        protocol, transport = connect(factory)
+        clock.pump([1] * 29)
         protocol.dataReceived(b"still here")
-        clock.advance(29)
+        clock.pump([1] * 29)
         self.assertFalse(transport.disconnecting)
-        clock.advance(1)
+        clock.pump([1] * 4)
         self.assertTrue(transport.disconnecting)
 
     def test_disabled(self) -> None:
@@ -66,20 +70,46 @@ class IdleTimeoutTests(SynchronousTestCase):
         An idle timeout of 0 never closes.
         """
         clock = Clock()
-        protocol, transport = connect(EchoServerFactory(idleTimeout=0, reactor=clock))
+        factory = EchoServerFactory(idleTimeout=0, reactor=clock)
+        factory.doStart()
+        protocol, transport = connect(factory)
         clock.advance(10 * defaults.IDLE_TIMEOUT)
         self.assertFalse(transport.disconnecting)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_timersStopWithConnection(self) -> None:
+    def test_timersStop(self) -> None:
         """
-        Nothing stays scheduled once the connection is lost.
+        Nothing stays scheduled once the connection is lost and the factory
+        has stopped listening.
         """
         clock = Clock()
-        protocol, _ = connect(EchoServerFactory(idleTimeout=30, reactor=clock))
+        factory = EchoServerFactory(idleTimeout=30, reactor=clock)
+        factory.doStart()
+        protocol, _ = connect(factory)
         protocol.close()
         lose(protocol)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        factory.doStop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_notWatchedUntilListening(self) -> None:
+        """
+        A factory that is not listening (as in unit tests) schedules nothing.
+        """
+        clock = Clock()
+        connect(EchoServerFactory(reactor=clock))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_oneCheckForAllConnections(self) -> None:
+        """
+        However many connections are open, one periodic check watches them.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(idleTimeout=30, reactor=clock)
+        factory.doStart()
+        for port in range(100):
+            connect(factory, address(port=port))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
 
 
 class CloseTests(SynchronousTestCase):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -24,6 +25,13 @@ from tcplab.server import (
 from tests.streams import cutAt
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def serverFactory(**kwargs) -> EchoServerFactory:
+    """
+    An L{EchoServerFactory} on a fake clock, so no timer reaches the reactor.
+    """
+    return EchoServerFactory(reactor=Clock(), **kwargs)
 
 
 class CountingTransport(StringTransport):
@@ -61,7 +69,7 @@ class RawEchoTests(SynchronousTestCase):
         """
         With suffix C{SB}, the lesson's C{你好} comes back as C{你好SB}.
         """
-        protocol, transport = connect(EchoServerFactory(suffix=b"SB"))
+        protocol, transport = connect(serverFactory(suffix=b"SB"))
         self.assertIsInstance(protocol, RawEchoProtocol)
         protocol.dataReceived("你好".encode())
         self.assertEqual(transport.value().decode(), "你好SB")
@@ -70,7 +78,7 @@ class RawEchoTests(SynchronousTestCase):
         """
         Without a suffix every chunk comes back unchanged, one write per read.
         """
-        protocol, transport = connect(EchoServerFactory())
+        protocol, transport = connect(serverFactory())
         protocol.dataReceived(b"abc")
         protocol.dataReceived(b"\x00\xff")
         self.assertEqual(transport.value(), b"abc\x00\xff")
@@ -81,7 +89,7 @@ class RawEchoTests(SynchronousTestCase):
         """
         Each chunk is answered by itself plus the suffix, in order.
         """
-        protocol, transport = connect(EchoServerFactory(suffix=suffix))
+        protocol, transport = connect(serverFactory(suffix=suffix))
         for chunk in chunks:
             protocol.dataReceived(chunk)
         self.assertEqual(transport.value(), b"".join(chunk + suffix for chunk in chunks))
@@ -96,7 +104,7 @@ class LineEchoTests(SynchronousTestCase):
         """
         The suffix goes after the line and before the peer's own line ending.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", suffix=b"SB"))
+        protocol, transport = connect(serverFactory(framing="line", suffix=b"SB"))
         self.assertIsInstance(protocol, LineEchoProtocol)
         protocol.dataReceived(b"hi\nthere\r\n")
         self.assertEqual(transport.value(), b"hiSB\nthereSB\r\n")
@@ -105,7 +113,7 @@ class LineEchoTests(SynchronousTestCase):
         """
         Nothing is answered until the line is complete.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line"))
+        protocol, transport = connect(serverFactory(framing="line"))
         protocol.dataReceived(b"par")
         self.assertEqual(transport.value(), b"")
         protocol.dataReceived(b"tial\n")
@@ -115,7 +123,7 @@ class LineEchoTests(SynchronousTestCase):
         """
         All the replies to one read go out in a single write.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", suffix=b"!"))
+        protocol, transport = connect(serverFactory(framing="line", suffix=b"!"))
         protocol.dataReceived(b"a\nb\r\nc\n" * 100)
         self.assertEqual(transport.writes, 1)
         self.assertEqual(transport.value(), b"a!\nb!\r\nc!\n" * 100)
@@ -125,7 +133,7 @@ class LineEchoTests(SynchronousTestCase):
         Lines before an overlong one are answered, then one error line is
         written and the connection closes.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", maxLength=8))
+        protocol, transport = connect(serverFactory(framing="line", maxLength=8))
         with capturedLogs() as events:
             protocol.dataReceived(b"fine\n" + b"x" * 9 + b"\nlost\n")
         self.assertEqual(transport.value(), b"fine\nerror: line longer than 8 bytes; closing\n")
@@ -138,7 +146,7 @@ class LineEchoTests(SynchronousTestCase):
         An unterminated line is refused as soon as it passes the limit; later
         data is ignored.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", maxLength=8))
+        protocol, transport = connect(serverFactory(framing="line", maxLength=8))
         protocol.dataReceived(b"x" * 9)
         self.assertTrue(transport.disconnecting)
         protocol.dataReceived(b"more\n")
@@ -158,7 +166,7 @@ class LineEchoTests(SynchronousTestCase):
         However the stream is cut, every line is answered exactly once, in
         order, with the suffix and the line's own ending.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", suffix=suffix))
+        protocol, transport = connect(serverFactory(framing="line", suffix=suffix))
         stream = b"".join(line + ending for line, ending in lines)
         for chunk in cutAt(stream, offsets):
             protocol.dataReceived(chunk)
@@ -174,7 +182,7 @@ class LengthEchoTests(SynchronousTestCase):
         """
         The reply is one frame whose payload is the payload plus the suffix.
         """
-        protocol, transport = connect(EchoServerFactory(framing="length", suffix=b"SB"))
+        protocol, transport = connect(serverFactory(framing="length", suffix=b"SB"))
         self.assertIsInstance(protocol, LengthEchoProtocol)
         protocol.dataReceived(frame("你好".encode()))
         self.assertEqual(transport.value(), frame("你好SB".encode()))
@@ -184,7 +192,7 @@ class LengthEchoTests(SynchronousTestCase):
         A header over the limit closes the connection at once, after answering
         the frames before it; nothing is written for the bad frame.
         """
-        protocol, transport = connect(EchoServerFactory(framing="length", maxLength=100))
+        protocol, transport = connect(serverFactory(framing="length", maxLength=100))
         protocol.dataReceived(frame(b"ok") + b"\x00\x00\x01\x00")
         self.assertEqual(transport.value(), frame(b"ok"))
         self.assertTrue(transport.disconnecting)
@@ -194,7 +202,7 @@ class LengthEchoTests(SynchronousTestCase):
         """
         However the stream is cut, every frame is answered exactly once, in order.
         """
-        protocol, transport = connect(EchoServerFactory(framing="length", suffix=suffix))
+        protocol, transport = connect(serverFactory(framing="length", suffix=suffix))
         for chunk in cutAt(b"".join(frame(p) for p in payloads), offsets):
             protocol.dataReceived(chunk)
         self.assertEqual(transport.value(), b"".join(frame(p + suffix) for p in payloads))
@@ -211,7 +219,7 @@ class ConnectionTests(SynchronousTestCase):
         pauses the transport's reading.
         """
         for framing in ("raw", "line", "length"):
-            protocol, transport = connect(EchoServerFactory(framing=framing))
+            protocol, transport = connect(serverFactory(framing=framing))
             self.assertIs(transport.producer, protocol)
             self.assertTrue(transport.streaming)
             protocol.pauseProducing()
@@ -224,7 +232,7 @@ class ConnectionTests(SynchronousTestCase):
         When the peer shuts down its write side, an unterminated last line is
         still answered, then the connection closes.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", suffix=b"SB"))
+        protocol, transport = connect(serverFactory(framing="line", suffix=b"SB"))
         self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
         protocol.dataReceived(b"one\ntw")
         protocol.readConnectionLost()
@@ -237,7 +245,7 @@ class ConnectionTests(SynchronousTestCase):
         An incomplete frame at half-close is dropped with a warning; complete
         ones were already answered.
         """
-        protocol, transport = connect(EchoServerFactory(framing="length"))
+        protocol, transport = connect(serverFactory(framing="length"))
         with capturedLogs() as events:
             protocol.dataReceived(frame(b"whole") + frame(b"partial")[:5])
             protocol.readConnectionLost()
@@ -250,7 +258,7 @@ class ConnectionTests(SynchronousTestCase):
         Connects and disconnects are logged with the peer's address.
         """
         with capturedLogs() as events:
-            protocol, transport = connect(EchoServerFactory())
+            protocol, transport = connect(serverFactory())
             protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([e.get("peer") for e in events if "peer" in e], ["127.0.0.1:40000"] * 2)
 
@@ -258,7 +266,7 @@ class ConnectionTests(SynchronousTestCase):
         """
         With C{logMessages}, each message is logged, decoded as UTF-8.
         """
-        protocol, transport = connect(EchoServerFactory(framing="line", logMessages=True))
+        protocol, transport = connect(serverFactory(framing="line", logMessages=True))
         with capturedLogs() as events:
             protocol.dataReceived("你好\r\nbye\n".encode())
         self.assertEqual([e["text"] for e in events if "text" in e], ["你好", "bye"])
@@ -282,7 +290,7 @@ class EchoServerFactoryTests(SynchronousTestCase):
         """
         Open connections are tracked until they are lost.
         """
-        factory = EchoServerFactory()
+        factory = serverFactory()
         protocol, _ = connect(factory)
         self.assertEqual(factory.connections, {protocol})
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -294,7 +302,7 @@ class EchoServerFactoryTests(SynchronousTestCase):
         After C{maxServed} connections, later ones are refused, and
         C{whenServed} fires once the served ones are closed.
         """
-        factory = EchoServerFactory(maxServed=1)
+        factory = serverFactory(maxServed=1)
         served = factory.whenServed()
         protocol, _ = connect(factory)
         self.assertIsNone(factory.buildProtocol(PEER))
@@ -308,4 +316,4 @@ class EchoServerFactoryTests(SynchronousTestCase):
         C{whenServed} without C{maxServed} is an error, not a Deferred that
         never fires.
         """
-        self.assertRaises(ValueError, EchoServerFactory().whenServed)
+        self.assertRaises(ValueError, serverFactory().whenServed)
