@@ -52,6 +52,8 @@ class RawDecoder:
     Every non-empty chunk is a message.
     """
 
+    __slots__ = ("maxLength",)
+
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
 
@@ -80,6 +82,8 @@ class LineDecoder:
     long when its message (without C{\\r\\n} or C{\\n}) has more than
     C{maxLength} bytes.
     """
+
+    __slots__ = ("maxLength", "_pending", "_pendingLength")
 
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
@@ -147,6 +151,8 @@ class LengthPrefixDecoder:
     arrives; the payload it announces is never buffered.
     """
 
+    __slots__ = ("maxLength", "_pending", "_pendingLength", "_needed")
+
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
         self._pending: list[bytes] = []
@@ -169,18 +175,20 @@ class LengthPrefixDecoder:
         if self._pending:
             self._pending.append(data)
             data = b"".join(self._pending)
-        messages = []
-        unpack = HEADER.unpack_from
+        # Hot path: one pass over the frames, with everything it uses local.
+        messages: list[bytes] = []
+        append, unpack = messages.append, HEADER.unpack_from
         offset, end, maxLength = 0, len(data), self.maxLength
-        while end - offset >= 4:
-            (length,) = unpack(data, offset)
+        last = end - 4
+        while offset <= last:
+            length = unpack(data, offset)[0]
             if length > maxLength:
                 raise MessageTooLong(length, maxLength, messages)
-            start = offset + 4
-            if start + length > end:
+            stop = offset + 4 + length
+            if stop > end:
                 break
-            offset = start + length
-            messages.append(data[start:offset])
+            append(data[offset + 4 : stop])
+            offset = stop
         rest = data[offset:]
         self._pending = [rest] if rest else []
         self._pendingLength = len(rest)

@@ -9,7 +9,12 @@ import random
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+    UNIXServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
@@ -110,3 +115,61 @@ class ConcurrentClientsTests(TestCase):
         200 clients at once in the length framing.
         """
         return Deferred.fromCoroutine(self._serveMany("length"))
+
+
+class DirectSendTests(TestCase):
+    """
+    Replies go straight to the socket only on plain TCP connections.
+    """
+
+    timeout = 30
+
+    async def _connectOnce(self, serverEndpoint, clientEndpoint) -> EchoServerFactory:
+        factory = EchoServerFactory()
+        port = await serverEndpoint.listen(factory)
+        payload = bytes(range(256)) * 1200
+        client = ExpectingClient([payload], len(payload))
+        await clientEndpoint(port).connect(Factory.forProtocol(lambda: client))
+        self.assertEqual(await client.done, payload)
+        await port.stopListening()
+        await factory.drain()
+        return factory
+
+    def test_tcpSendsDirectly(self) -> Deferred[None]:
+        """
+        On TCP the direct path is taken, and a reply larger than the socket
+        takes at once still arrives whole and in order.
+        """
+        seen = []
+        original = EchoServerFactory.connectionOpened
+
+        def record(factory, protocol):
+            seen.append(protocol._direct)
+            original(factory, protocol)
+
+        self.patch(EchoServerFactory, "connectionOpened", record)
+        d = Deferred.fromCoroutine(
+            self._connectOnce(
+                TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+                lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            )
+        )
+        return d.addCallback(lambda _: self.assertEqual(seen, [True]))
+
+    def test_unixUsesWrite(self) -> Deferred[None]:
+        """
+        On a UNIX socket replies go through the transport's C{write()}.
+        """
+        seen = []
+        original = EchoServerFactory.connectionOpened
+
+        def record(factory, protocol):
+            seen.append(protocol._direct)
+            original(factory, protocol)
+
+        self.patch(EchoServerFactory, "connectionOpened", record)
+        path = self.mktemp()
+        d = Deferred.fromCoroutine(
+            self._connectOnce(UNIXServerEndpoint(reactor, path), lambda port: UNIXClientEndpoint(reactor, path))
+        )
+        return d.addCallback(lambda _: self.assertEqual(seen, [False]))

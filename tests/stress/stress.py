@@ -1,0 +1,192 @@
+"""
+Stress the tcplab server as hostile and unlucky clients would, and print figures.
+
+    python -m tests.stress.stress [--seconds S] [--connections N]
+
+Each scenario runs `twist tcplab` in a child process on 127.0.0.1 (a free port),
+is bounded in bytes, connections and time, and prints one line of figures:
+
+  - slow reader: one client pushes up to 256 MiB without reading while others
+    ping; the server's RSS growth and the pings' worst latency;
+  - concurrency: N connections at once in each framing, random payloads, every
+    byte checked;
+  - hostile: garbage, resets mid-message, a connect/close flood, a 4 GiB header;
+    whether the server still answers and logged no error;
+  - shutdown: SIGTERM during an 8 MiB echo; bytes delivered, exit status, and
+    time to exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+
+from tcplab.framing import encode
+from tests.serverprocess import ServerProcess
+
+MiB = 1024 * 1024
+_ERRORS = ("Traceback", "Unhandled", "#critical]", "#error]")
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def readAll(sock: socket.socket, limit: int | None = None) -> bytes:
+    chunks, total = [], 0
+    while limit is None or total < limit:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def echoOnce(port: int, framing: str, messages: list[bytes]) -> bool:
+    """
+    Send C{messages} from a thread, read until the whole echo arrived; check it.
+    """
+    stream = b"".join(encode(framing, m) for m in messages)
+    expected = b"".join(encode(framing, m + b"SB") for m in messages)
+    with connect(port) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(stream,), daemon=True)
+        sender.start()
+        received = readAll(sock, len(expected))
+        sender.join(10)
+    return received == expected
+
+
+def cleanLog(server: ServerProcess) -> bool:
+    log = server.log()
+    return not any(error in log for error in _ERRORS)
+
+
+def slowReader(seconds: float) -> str:
+    server = ServerProcess()
+    try:
+        process = psutil.Process(server.process.pid)
+        before = process.memory_info().rss
+        worst, pushed = 0.0, 0
+        chunk = b"x" * MiB
+        deadline = time.monotonic() + seconds
+        with connect(server.port) as hog:
+            hog.settimeout(0.1)
+            while pushed < 256 * MiB and time.monotonic() < deadline:
+                try:
+                    pushed += hog.send(chunk)
+                except TimeoutError:
+                    start = time.monotonic()
+                    with connect(server.port) as ping:
+                        ping.sendall(b"ping")
+                        assert ping.recv(16) == b"ping"
+                    worst = max(worst, time.monotonic() - start)
+            grown = process.memory_info().rss - before
+        return (
+            f"slow reader: pushed {pushed / MiB:.0f} MiB unread in {seconds:.0f} s; server RSS "
+            f"grew {grown / MiB:.1f} MiB (bound 16); other clients' worst ping {worst * 1000:.1f} ms"
+        )
+    finally:
+        server.stop()
+
+
+def concurrency(connections: int) -> str:
+    results = []
+    for framing in ("raw", "line", "length"):
+        server = ServerProcess("--framing", framing, "--suffix", "SB", "--max-connections", str(connections + 10))
+        try:
+            rng = random.Random(framing)
+            plans = []
+            for _ in range(connections):
+                count = 1 if framing == "raw" else rng.randrange(1, 50)
+                plans.append(
+                    [rng.randbytes(rng.randrange(1, 2000)).replace(b"\n", b"").rstrip(b"\r") or b"x" for _ in range(count)]
+                )
+            start = time.monotonic()
+            if framing == "raw":
+                # Raw replies follow the reads: one message per connection, no "SB" inside.
+                plans = [[m[0].replace(b"SB", b"sb")] for m in plans]
+            with ThreadPoolExecutor(max_workers=connections) as pool:
+                ok = sum(pool.map(echoOnce, [server.port] * connections, [framing] * connections, plans))
+            elapsed = time.monotonic() - start
+            sent = sum(len(m) for plan in plans for m in plan)
+            results.append(f"{framing}: {ok}/{connections} exact, {sent / MiB:.1f} MiB in {elapsed:.2f} s")
+        finally:
+            server.stop()
+    return f"concurrency ({connections} connections at once): " + "; ".join(results)
+
+
+def hostile() -> str:
+    server = ServerProcess("--framing", "length", "--max-length", "1000")
+    try:
+        for _ in range(200):
+            with connect(server.port) as sock:
+                sock.sendall(os.urandom(4000))
+        for _ in range(200):
+            sock = connect(server.port)
+            sock.sendall(encode("length", b"x" * 900)[:500])
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        start = time.monotonic()
+        for _ in range(2000):
+            connect(server.port).close()
+        flood = time.monotonic() - start
+        with connect(server.port) as sock:
+            sock.sendall(struct.pack(">I", 2**32 - 1))
+            closed = readAll(sock) == b""
+        answers = echoOnce(server.port, "length", [b"still there"])
+        server.stop()
+        return (
+            f"hostile: 200 garbage, 200 resets mid-message, 2000 connect/close in {flood:.2f} s, "
+            f"4 GiB header closed: {closed}; still answers: {answers}; log clean: {cleanLog(server)}"
+        )
+    finally:
+        server.stop()
+
+
+def shutdown() -> str:
+    server = ServerProcess()
+    try:
+        data = os.urandom(8 * MiB)
+        received = bytearray()
+        with connect(server.port) as sock:
+            threading.Thread(target=sock.sendall, args=(data,), daemon=True).start()
+            while len(received) < MiB:
+                received += sock.recv(1 << 16)
+            start = time.monotonic()
+            os.kill(server.process.pid, signal.SIGTERM)
+            received += readAll(sock)
+        code = server.wait(30)
+        elapsed = time.monotonic() - start
+        summary = [line for line in server.log().splitlines() if "tcplab stopped" in line]
+        return (
+            f"shutdown: SIGTERM after 1 MiB of an 8 MiB echo; delivered {len(received)}/{len(data)} "
+            f"bytes, exact: {bytes(received) == data}; exit status {code} after {elapsed:.2f} s; "
+            f"summary: {summary[-1].split('] ', 1)[-1] if summary else 'missing'}"
+        )
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8, help="slow-reader duration [8]")
+    parser.add_argument("--connections", type=int, default=200, help="concurrent connections [200]")
+    arguments = parser.parse_args()
+    for line in (slowReader(arguments.seconds), concurrency(arguments.connections), hostile(), shutdown()):
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
