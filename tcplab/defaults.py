@@ -7,8 +7,12 @@ the command line all read them from here.
 HOST = "127.0.0.1"
 PORT = 8081
 
+#: Connections the kernel may queue before the server accepts them (the
+#: lesson's listen(5)); Twisted's default of 50 drops bursts of connects.
+BACKLOG = 1024
+
 #: The default listening endpoint of the server.
-LISTEN = f"tcp:{PORT}:interface={HOST}"
+LISTEN = f"tcp:{PORT}:interface={HOST}:backlog={BACKLOG}"
 
 #: How messages are delimited: C{"raw"}, C{"line"} or C{"length"}.
 FRAMING = "raw"

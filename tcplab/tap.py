@@ -94,12 +94,10 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        Listen on this Twisted server endpoint; repeatable
-        [default: tcp:8081:interface=127.0.0.1].
-        """
         _checkEndpoint(description)
         self["listen"].append(description)
+
+    opt_listen.__doc__ = f"Listen on this Twisted server endpoint; repeatable [default: {defaults.LISTEN}]."
 
     opt_l = opt_listen
 

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from tcplab import defaults
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: C{twist} and C{twistd} as this interpreter runs them.
@@ -50,7 +52,7 @@ class ServerProcess:
     def __init__(
         self,
         *args: str,
-        listen: str = "tcp:0:interface=127.0.0.1",
+        listen: str = f"tcp:0:interface=127.0.0.1:backlog={defaults.BACKLOG}",
         twistd: bool = False,
         runner: list[str] | None = None,
         env: dict[str, str] | None = None,

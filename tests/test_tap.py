@@ -136,8 +136,8 @@ class BuildServiceTests(SynchronousTestCase):
         """
         reactor = MemoryReactor()
         buildService(parse(), reactor).startService()
-        [(port, _, _, interface)] = reactor.tcpServers
-        self.assertEqual((interface, port), (defaults.HOST, defaults.PORT))
+        [(port, _, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((interface, port, backlog), (defaults.HOST, defaults.PORT, defaults.BACKLOG))
 
     def test_udp(self) -> None:
         """
