@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase as TestCase
 
 from tcplab import defaults
 
@@ -125,3 +128,17 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._reader.join(10)
+
+
+def assertLessonOnce(test: TestCase, server: ServerProcess) -> None:
+    """
+    Talk to a C{--suffix SB --once} server as the lesson's client does: send
+    C{你好}, expect C{你好SB}; then the server must exit 0.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall("你好".encode())
+            test.assertEqual(client.recv(1024).decode(), "你好SB")
+        test.assertEqual(server.wait(), 0)
+    finally:
+        server.stop()

@@ -124,52 +124,44 @@ class DirectSendTests(TestCase):
 
     timeout = 30
 
-    async def _connectOnce(self, serverEndpoint, clientEndpoint) -> EchoServerFactory:
+    async def _directFlags(self, serverEndpoint, connectTo) -> list[bool]:
+        """
+        Echo 300 KiB over one connection; return whether each server-side
+        protocol took the direct path.
+        """
+        seen: list[bool] = []
+        original = EchoServerFactory.connectionOpened
+
+        def record(factory: EchoServerFactory, protocol) -> None:
+            seen.append(protocol._direct)
+            original(factory, protocol)
+
+        self.patch(EchoServerFactory, "connectionOpened", record)
         factory = EchoServerFactory()
         port = await serverEndpoint.listen(factory)
         payload = bytes(range(256)) * 1200
         client = ExpectingClient([payload], len(payload))
-        await clientEndpoint(port).connect(Factory.forProtocol(lambda: client))
+        await connectTo(port).connect(Factory.forProtocol(lambda: client))
         self.assertEqual(await client.done, payload)
         await port.stopListening()
         await factory.drain()
-        return factory
+        return seen
 
-    def test_tcpSendsDirectly(self) -> Deferred[None]:
+    async def test_tcpSendsDirectly(self) -> None:
         """
         On TCP the direct path is taken, and a reply larger than the socket
         takes at once still arrives whole and in order.
         """
-        seen = []
-        original = EchoServerFactory.connectionOpened
-
-        def record(factory, protocol):
-            seen.append(protocol._direct)
-            original(factory, protocol)
-
-        self.patch(EchoServerFactory, "connectionOpened", record)
-        d = Deferred.fromCoroutine(
-            self._connectOnce(
-                TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
-                lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-            )
+        seen = await self._directFlags(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
         )
-        return d.addCallback(lambda _: self.assertEqual(seen, [True]))
+        self.assertEqual(seen, [True])
 
-    def test_unixUsesWrite(self) -> Deferred[None]:
+    async def test_unixUsesWrite(self) -> None:
         """
         On a UNIX socket replies go through the transport's C{write()}.
         """
-        seen = []
-        original = EchoServerFactory.connectionOpened
-
-        def record(factory, protocol):
-            seen.append(protocol._direct)
-            original(factory, protocol)
-
-        self.patch(EchoServerFactory, "connectionOpened", record)
         path = self.mktemp()
-        d = Deferred.fromCoroutine(
-            self._connectOnce(UNIXServerEndpoint(reactor, path), lambda port: UNIXClientEndpoint(reactor, path))
-        )
-        return d.addCallback(lambda _: self.assertEqual(seen, [False]))
+        seen = await self._directFlags(UNIXServerEndpoint(reactor, path), lambda port: UNIXClientEndpoint(reactor, path))
+        self.assertEqual(seen, [False])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import ROOT, ServerProcess
+from tests.serverprocess import ROOT, ServerProcess, assertLessonOnce
 
 
 def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -92,13 +91,7 @@ class WheelTests(SynchronousTestCase):
             "--suffix", "SB", "--once",
             runner=[str(self.installed.bin / "twist"), "--log-format=text"], env=self.installed.env, cwd=self.installed.workdir,
         )
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
-                client.sendall("你好".encode())
-                self.assertEqual(client.recv(1024).decode(), "你好SB")
-            self.assertEqual(server.wait(), 0)
-        finally:
-            server.stop()
+        assertLessonOnce(self, server)
 
     def test_consoleScript(self) -> None:
         """

@@ -12,7 +12,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import TWISTD, ServerProcess, environment, twist
+from tests.serverprocess import TWISTD, ServerProcess, assertLessonOnce, environment, twist
 
 
 class PluginDiscoveryTests(SynchronousTestCase):
@@ -86,13 +86,7 @@ class CommandLineTests(SynchronousTestCase):
         connection.
         """
         server = ServerProcess("--suffix", "SB", "--once", "--log-messages")
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
-                client.sendall("你好".encode())
-                self.assertEqual(client.recv(1024).decode(), "你好SB")
-            self.assertEqual(server.wait(), 0)
-        finally:
-            server.stop()
+        assertLessonOnce(self, server)
         output = "".join(server.output)
         self.assertIn("connection from 127.0.0.1:", output)
         self.assertIn("message from 127.0.0.1:", output)
