@@ -90,14 +90,26 @@ class _ReplyQueue:
     """
     Requests waiting for their replies, oldest first, and the timer of the
     oldest one: replies come back in the order the requests were sent.
+
+    Pipelined, every request goes out as soon as it is made.  One at a time
+    (raw streams, whose replies cannot be told apart, and datagrams, where a
+    lost one would shift every later reply onto the wrong request), a request
+    goes out once the one before it is answered.
     """
 
     def __init__(
-        self, clock: IReactorTime, timeout: float | None, onTimeout: Callable[[ReplyTimeout], None]
+        self,
+        clock: IReactorTime,
+        timeout: float | None,
+        onTimeout: Callable[[ReplyTimeout], None],
+        send: Callable[[bytes], object],
+        oneAtATime: bool = False,
     ) -> None:
         self._clock = clock
         self._timeout = timeout
         self._onTimeout = onTimeout
+        self._send = send
+        self._oneAtATime = oneAtATime
         self._waiting: deque[_Expected] = deque()
         self._timer: IDelayedCall | None = None
 
@@ -113,12 +125,17 @@ class _ReplyQueue:
 
     def expect(self, data: bytes) -> _Expected:
         """
-        Add a request, sent (or to be sent) as C{data}.
+        Add a request, and send it as C{data} now or, one at a time, once the
+        requests before it are answered.  If sending fails, so does the
+        request, at once.
         """
         expected = _Expected(data)
-        self._waiting.append(expected)
-        if len(self._waiting) == 1:
-            self._startTimer()
+        if self._oneAtATime and self._waiting:
+            self._waiting.append(expected)
+        elif self._transmit(expected):
+            self._waiting.append(expected)
+            if len(self._waiting) == 1:
+                self._startTimer()
         return expected
 
     def complete(self, reply: bytes) -> None:
@@ -128,6 +145,11 @@ class _ReplyQueue:
         """
         expected = self._waiting.popleft()
         self._stopTimer()
+        if self._oneAtATime:
+            # The next request goes out before this reply's callbacks run,
+            # so that a request they make waits its turn behind it.
+            while self._waiting and not self._transmit(self._waiting[0]):
+                self._waiting.popleft()
         if self._waiting:
             self._startTimer()
         if not expected.deferred.called:
@@ -142,6 +164,14 @@ class _ReplyQueue:
         for expected in waiting:
             if not expected.deferred.called:
                 expected.deferred.errback(reason)
+
+    def _transmit(self, expected: _Expected) -> bool:
+        try:
+            self._send(expected.data)
+        except Exception:
+            expected.deferred.errback(Failure())
+            return False
+        return True
 
     def _startTimer(self) -> None:
         if self._timeout is not None:
@@ -202,7 +232,9 @@ class EchoClient(Protocol):
         self.framing = framing
         self._clock = clock
         self._quietPeriod = quietPeriod
-        self._replies = _ReplyQueue(clock, timeout, self._abort)
+        self._replies = _ReplyQueue(
+            clock, timeout, self._abort, self._write, oneAtATime=framing == "raw"
+        )
         # Raw framing: the reply received so far to the request at the head.
         self._raw: list[bytes] = []
         self._rawLength = 0
@@ -257,12 +289,7 @@ class EchoClient(Protocol):
             data = encode(self.framing, message)
         except ValueError as error:
             return fail(error)
-        expected = self._replies.expect(data)
-        # Raw replies cannot be told apart, so only the oldest request is on
-        # the wire; the next one goes out when its reply is complete.
-        if self.framing != "raw" or len(self._replies) == 1:
-            self.transport.write(data)
-        return expected.deferred
+        return self._replies.expect(data).deferred
 
     def close(self) -> Deferred[None]:
         """
@@ -346,10 +373,11 @@ class EchoClient(Protocol):
         self._raw = []
         self._rawLength = 0
         self._replies.complete(reply)
-        head = self._replies.head
-        if head is not None and self._closed is None:
-            assert self.transport is not None
-            self.transport.write(head.data)
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self._closed is None:
+            self.transport.write(data)
 
     def _stopQuietTimer(self) -> None:
         if self._quietTimer is not None:
@@ -368,8 +396,9 @@ class EchoClient(Protocol):
 
 class DatagramEchoClient(DatagramProtocol):
     """
-    Send each request as one datagram to an echo server, and match each
-    datagram that comes back to the oldest request still waiting.
+    Send each request as one datagram to an echo server, one at a time: the
+    next datagram goes out once the previous one is answered, so that a lost
+    datagram fails its own request instead of shifting every later reply.
 
     UDP gives no end of stream: a reply that does not arrive within
     C{timeout} seconds fails with L{ReplyTimeout}, and so does every request
@@ -380,7 +409,7 @@ class DatagramEchoClient(DatagramProtocol):
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, timeout: float | None = defaults.CLIENT_TIMEOUT) -> None:
-        self._replies = _ReplyQueue(clock, timeout, lambda error: None)
+        self._replies = _ReplyQueue(clock, timeout, lambda error: None, self._write, oneAtATime=True)
         self._closing = False
         self._closeReason: Failure = Failure(ConnectionDone("not connected"))
         self._port: Any = None
@@ -418,16 +447,12 @@ class DatagramEchoClient(DatagramProtocol):
         """
         Send C{message} as one datagram.
 
-        @return: a L{Deferred} that fires with the next datagram received for
-            it, or fails with L{ReplyTimeout}, L{ConnectionRefusedError}, or
-            the error that prevented sending.
+        @return: a L{Deferred} that fires with the datagram that answers it,
+            or fails with L{ReplyTimeout}, L{ConnectionRefusedError}, or the
+            error that prevented sending.
         """
         if self.transport is None or self._closing:
             return fail(self._closeReason)
-        try:
-            self.transport.write(message)
-        except Exception as error:
-            return fail(error)
         return self._replies.expect(message).deferred
 
     def close(self) -> Deferred[None]:
@@ -452,6 +477,10 @@ class DatagramEchoClient(DatagramProtocol):
             )
             return
         self._replies.complete(datagram)
+
+    def _write(self, datagram: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(datagram)
 
     def startProtocol(self) -> None:
         # Twisted forgets the transport before calling stopProtocol.

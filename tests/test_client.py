@@ -416,16 +416,42 @@ class EchoClientTests(SynchronousTestCase):
 
     def test_worksWithAwait(self) -> None:
         """
-        Requests can be awaited one after another in a coroutine.
+        Requests can be awaited one after another in a coroutine, in every
+        framing; each message is sent exactly once.
         """
-        client, pump, clock = connect("length")
+        for framing in ("raw", "line", "length"):
+            client, pump, clock = connect(framing)
+            sent: list[bytes] = []
+            write = pump.clientTransport.write
+            pump.clientTransport.write = lambda data: (sent.append(data), write(data))  # type: ignore[method-assign]
 
-        async def talk() -> list[bytes]:
-            return [await client.request(b"a"), await client.request(b"b")]
+            async def talk() -> list[bytes]:
+                return [await client.request(b"one"), await client.request(b"two")]
 
-        replies = ensureDeferred(talk())
-        pump.flush()
-        self.assertEqual(self.successResultOf(replies), [b"aSB", b"bSB"])
+            replies = ensureDeferred(talk())
+            for _ in range(2):
+                pump.flush()
+                clock.advance(QUIET)
+            self.assertEqual(self.successResultOf(replies), [b"oneSB", b"twoSB"], framing)
+            self.assertEqual(sent, [encode(framing, b"one"), encode(framing, b"two")], framing)
+
+    def test_requestFromAReplyCallbackWaitsItsTurn(self) -> None:
+        """
+        In raw framing, a request made by the callback of a reply, while
+        others are queued, goes out after them, once each.
+        """
+        client, transport, clock = alone("raw")
+        third: list[Deferred[bytes]] = []
+        first = client.request(b"one")
+        first.addCallback(lambda reply: third.append(client.request(b"three")))
+        second = client.request(b"two")
+        for message in (b"one", b"two", b"three"):
+            self.assertEqual(transport.value(), message)
+            transport.clear()
+            client.dataReceived(message + b"SB")
+            clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(second), b"twoSB")
+        self.assertEqual(self.successResultOf(third[0]), b"threeSB")
 
     def test_connectWithEndpointString(self) -> None:
         """
@@ -528,17 +554,48 @@ class DatagramEchoClientTests(SynchronousTestCase):
         self.transport = FakeDatagramTransport()
         self.client.makeConnection(self.transport)  # type: ignore[arg-type]
 
-    def test_repliesMatchInOrder(self) -> None:
+    def test_oneDatagramAtATime(self) -> None:
         """
-        Each message goes out as one datagram, and each datagram received
-        answers the oldest waiting request.
+        Each message goes out as one datagram, the next only once the one
+        before it is answered; each gets its own reply.
         """
         first, second = self.client.request(b"a"), self.client.request(b"b")
-        self.assertEqual(self.transport.written, [b"a", b"b"])
+        self.assertEqual(self.transport.written, [b"a"])
         self.client.datagramReceived(b"aSB", ("127.0.0.1", 8081))
-        self.client.datagramReceived(b"bSB", ("127.0.0.1", 8081))
         self.assertEqual(self.successResultOf(first), b"aSB")
+        self.assertEqual(self.transport.written, [b"a", b"b"])
+        self.assertNoResult(second)
+        self.client.datagramReceived(b"bSB", ("127.0.0.1", 8081))
         self.assertEqual(self.successResultOf(second), b"bSB")
+
+    def test_lostDatagramFailsItsOwnRequest(self) -> None:
+        """
+        A datagram that is never answered fails with L{ReplyTimeout}; the
+        requests queued behind it were never sent, so no reply can be taken
+        for the wrong one.
+        """
+        first, second = self.client.request(b"a"), self.client.request(b"b")
+        self.clock.advance(5)
+        self.failureResultOf(first, ReplyTimeout)
+        self.failureResultOf(second, ReplyTimeout)
+        self.assertEqual(self.transport.written, [b"a"])
+
+    def test_sendErrorFailsTheRequest(self) -> None:
+        """
+        A datagram the transport refuses to send fails its request at once;
+        the next request is sent as usual.
+        """
+
+        def refuse(datagram: bytes) -> None:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
+        self.transport.write = refuse  # type: ignore[method-assign]
+        self.failureResultOf(self.client.request(b"x" * 70000), OSError)
+        del self.transport.write
+        reply = self.client.request(b"a")
+        self.assertEqual(self.transport.written, [b"a"])
+        self.client.datagramReceived(b"a", ("127.0.0.1", 8081))
+        self.assertEqual(self.successResultOf(reply), b"a")
 
     def test_timeout(self) -> None:
         """
