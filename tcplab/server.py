@@ -56,7 +56,9 @@ class EchoProtocol(Protocol):
       - closing without losing replies: the write side is shut once every
         reply is flushed, and whatever the peer still sends is read and
         dropped until it closes, so that no reset destroys replies in flight;
-        a peer that never closes is aborted after C{closeTimeout} seconds.
+        a peer that never closes is aborted after C{closeTimeout} seconds
+        (C{refuseTimeout} for a connection turned away), and one that sends
+        more than C{closingDropLimit} bytes meanwhile at once.
 
     A subclass names its C{framing} and builds the replies in L{replyTo}.
 
@@ -70,6 +72,8 @@ class EchoProtocol(Protocol):
 
     framing = "raw"
     closeTimeout = defaults.CLOSE_TIMEOUT
+    refuseTimeout = defaults.REFUSE_TIMEOUT
+    closingDropLimit = defaults.CLOSING_DROP_LIMIT
     drainQuiet = defaults.DRAIN_QUIET
     factory: EchoServerFactory | None = None
     _log = Logger()
@@ -94,9 +98,15 @@ class EchoProtocol(Protocol):
         self._paused = False
         self._timer: IDelayedCall | None = None
         self._refusal: str | None = None
-        # What the idle and drain checks saw last: bytesIn, and when it changed.
-        self._seenBytesIn = 0
+        self._dropped = 0
+        # Times the transport resumed reading: its write buffer drained, so
+        # replies are flowing out even when nothing comes in.
+        self._resumes = 0
+        # What the idle check saw last (bytes in plus resumes), and when it changed.
+        self._seenActivity = 0
         self._activeAt = 0.0
+        # What the drain check saw last of bytesIn.
+        self._seenBytesIn = 0
 
     @property
     def peer(self) -> str:
@@ -123,6 +133,7 @@ class EchoProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
+            self._drop(data)
             return
         self.bytesIn += len(data)
         try:
@@ -168,6 +179,7 @@ class EchoProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._resumes += 1
         assert self.transport is not None
         self.transport.resumeProducing()
 
@@ -205,11 +217,13 @@ class EchoProtocol(Protocol):
 
     def checkIdle(self, now: float, timeout: float) -> None:
         """
-        Close the connection if nothing has been received for C{timeout}
-        seconds; the factory calls this periodically.
+        Close the connection if it has had no traffic for C{timeout} seconds:
+        nothing received, and no replies drained from a full write buffer.
+        The factory calls this periodically.
         """
-        if self.bytesIn != self._seenBytesIn:
-            self._seenBytesIn, self._activeAt = self.bytesIn, now
+        activity = self.bytesIn + self._resumes
+        if activity != self._seenActivity:
+            self._seenActivity, self._activeAt = activity, now
         elif now - self._activeAt >= timeout and not (self._closing or self._draining):
             self._log.info("{peer} idle for {seconds} seconds; closing", peer=self.peer, seconds=timeout)
             self.close()
@@ -239,9 +253,12 @@ class EchoProtocol(Protocol):
         self._seenBytesIn = self.bytesIn
         self._timer = self.clock.callLater(self.drainQuiet, self._closeWhenQuiet)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """
         Close the connection once every reply written so far is delivered.
+
+        @param timeout: seconds before the connection is aborted if it has not
+            closed by then; C{closeTimeout} if L{None}.
         """
         if self._closing:
             return
@@ -260,7 +277,7 @@ class EchoProtocol(Protocol):
             # the peer has not read yet.
             loseWriteConnection()
             self.transport.resumeProducing()
-        self._abortLater()
+        self._abortLater(timeout)
 
     def abort(self) -> None:
         """
@@ -313,10 +330,20 @@ class EchoProtocol(Protocol):
         if sent < len(data):
             transport.write(data[sent:])
 
-    def _abortLater(self) -> None:
+    def _drop(self, data: bytes) -> None:
+        # Input after our close is read only so that the kernel does not
+        # reset the connection under our last replies; a peer that keeps
+        # sending gets no more of our time.
+        self._dropped += len(data)
+        if self._dropped > self.closingDropLimit and self.transport is not None:
+            self.abort()
+
+    def _abortLater(self, timeout: float | None = None) -> None:
         self._stopTimer()
         if self.clock is not None:
-            self._timer = self.clock.callLater(self.closeTimeout, self.abort)
+            self._timer = self.clock.callLater(
+                self.closeTimeout if timeout is None else timeout, self.abort
+            )
 
     def _stopTimer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -342,11 +369,13 @@ class EchoProtocol(Protocol):
         self._closeWith(f"line longer than {error.maxLength} bytes; closing")
 
     def _closeWith(self, text: str) -> None:
+        # Turned away: the peer gets the notice (if the framing has one) and
+        # a moment to read it, then the connection goes.
         notice = self.notice(text)
         if notice:
             assert self.transport is not None
             self.transport.write(notice)
-        self.close()
+        self.close(self.refuseTimeout)
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -360,6 +389,7 @@ class RawEchoProtocol(EchoProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Hot path: each read is answered by exactly one write.
         if self._closing:
+            self._drop(data)
             return
         if self.logMessages:
             self._logMessages([data])
@@ -523,6 +553,9 @@ class EchoServerFactory(Factory):
         self.served = 0
         self.refused = 0
         self._perPeer: Counter[str] = Counter()
+        # Each open connection's peer host, as counted when it opened (behind
+        # a PROXY-protocol listener getPeer() changes once the header is read).
+        self._hosts: dict[EchoProtocol, str] = {}
         self._closedBytesIn = 0
         self._closedBytesOut = 0
         self._servedWaiters: list[Deferred[None]] = []
@@ -590,7 +623,8 @@ class EchoServerFactory(Factory):
         """
         self.connections.add(protocol)
         assert protocol.transport is not None
-        self._perPeer[_hostOf(protocol.transport.getPeer())] += 1
+        host = self._hosts[protocol] = _hostOf(protocol.transport.getPeer())
+        self._perPeer[host] += 1
 
     def connectionClosed(self, protocol: EchoProtocol) -> None:
         """
@@ -599,8 +633,7 @@ class EchoServerFactory(Factory):
         if protocol not in self.connections:
             return
         self.connections.remove(protocol)
-        assert protocol.transport is not None
-        host = _hostOf(protocol.transport.getPeer())
+        host = self._hosts.pop(protocol)
         self._perPeer[host] -= 1
         if not self._perPeer[host]:
             del self._perPeer[host]
@@ -642,7 +675,7 @@ class EchoServerFactory(Factory):
             protocol.drain()
         closed = self._whenNoConnections()
         if self.connections:
-            deadline = self.reactor.callLater(timeout, self._abortAll)
+            deadline = self.reactor.callLater(timeout, self.abortAll)
 
             def cancelDeadline(result: object) -> object:
                 if deadline.active():
@@ -678,11 +711,14 @@ class EchoServerFactory(Factory):
         for protocol in list(self.connections):
             protocol.checkIdle(now, self.idleTimeout)
 
-    def _abortAll(self) -> None:
-        self._log.warn(
-            "aborting {count} connection(s) still open after the drain timeout",
-            count=len(self.connections),
-        )
+    def abortAll(self) -> None:
+        """
+        Drop every open connection now, whatever is still unsent (what
+        L{drain} does once its timeout has passed).
+        """
+        if not self.connections:
+            return
+        self._log.warn("aborting {count} open connection(s)", count=len(self.connections))
         for protocol in list(self.connections):
             protocol.abort()
 

@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
@@ -126,7 +126,7 @@ class EchoService(MultiService):
     A listener that cannot start ends the process with one line naming the
     address and the reason, instead of a traceback.  Stopping (SIGTERM or
     SIGINT) stops accepting, finishes echoing what was received, logs a
-    one-line summary, and exits 0.
+    one-line summary, and exits 0; a second signal aborts what is still open.
 
     @ivar factory: the L{EchoServerFactory} serving every TCP listener.
     @ivar drainTimeout: seconds to finish echoing when stopping.
@@ -142,6 +142,7 @@ class EchoService(MultiService):
         self.drainTimeout = drainTimeout
         self._reactor = reactor
         self._descriptions: dict[IService, str] = {}
+        self._signalled = False
 
     def addListener(self, description: str, service: IService) -> None:
         """
@@ -177,10 +178,21 @@ class EchoService(MultiService):
                 signal.signal(number, self._stopOnSignal)
 
     def _stopOnSignal(self, number: int, frame: object) -> None:
-        self._log.info(
-            "received {signal}: finishing open connections", signal=signal.Signals(number).name
-        )
-        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
+        name = signal.Signals(number).name
+        if self._signalled:
+            # Asked again while draining: the user does not want to wait.
+            self._log.info("received {signal} again: aborting open connections", signal=name)
+            self._reactor.callFromThread(self.factory.abortAll)  # type: ignore[attr-defined]
+            return
+        self._signalled = True
+        self._log.info("received {signal}: finishing open connections", signal=name)
+        self._reactor.callFromThread(self._stopReactor)  # type: ignore[attr-defined]
+
+    def _stopReactor(self) -> None:
+        try:
+            self._reactor.stop()  # type: ignore[attr-defined]
+        except ReactorNotRunning:
+            pass  # Already stopping (--once): the drain is under way.
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
         try:

@@ -420,20 +420,27 @@ class EchoClientTests(SynchronousTestCase):
         framing; each message is sent exactly once.
         """
         for framing in ("raw", "line", "length"):
-            client, pump, clock = connect(framing)
-            sent: list[bytes] = []
-            write = pump.clientTransport.write
-            pump.clientTransport.write = lambda data: (sent.append(data), write(data))  # type: ignore[method-assign]
-
-            async def talk() -> list[bytes]:
-                return [await client.request(b"one"), await client.request(b"two")]
-
-            replies = ensureDeferred(talk())
-            for _ in range(2):
-                pump.flush()
-                clock.advance(QUIET)
-            self.assertEqual(self.successResultOf(replies), [b"oneSB", b"twoSB"], framing)
+            replies, sent = self._awaitTwo(framing)
+            self.assertEqual(replies, [b"oneSB", b"twoSB"], framing)
             self.assertEqual(sent, [encode(framing, b"one"), encode(framing, b"two")], framing)
+
+    def _awaitTwo(self, framing: str) -> tuple[list[bytes], list[bytes]]:
+        """
+        Await two requests in turn; return the replies and what was sent.
+        """
+        client, pump, clock = connect(framing)
+        sent: list[bytes] = []
+        write = pump.clientTransport.write
+        pump.clientTransport.write = lambda data: (sent.append(data), write(data))  # type: ignore[method-assign]
+
+        async def talk() -> list[bytes]:
+            return [await client.request(b"one"), await client.request(b"two")]
+
+        replies = ensureDeferred(talk())
+        for _ in range(2):
+            pump.flush()
+            clock.advance(QUIET)
+        return self.successResultOf(replies), sent
 
     def test_requestFromAReplyCallbackWaitsItsTurn(self) -> None:
         """

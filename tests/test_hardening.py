@@ -65,6 +65,28 @@ class IdleTimeoutTests(SynchronousTestCase):
         clock.pump([1] * 4)
         self.assertTrue(transport.disconnecting)
 
+    def test_drainingRepliesAreTraffic(self) -> None:
+        """
+        A connection paused on a full write buffer, whose replies go on
+        draining to a slow reader (the transport resumes it), is not idle;
+        one whose peer reads nothing at all is.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(idleTimeout=30, reactor=clock)
+        factory.doStart()
+        draining, drainingTransport = connect(factory)
+        stuck, stuckTransport = connect(factory, address(port=40001))
+        draining.dataReceived(b"a large echo")
+        stuck.dataReceived(b"a large echo")
+        draining.pauseProducing()
+        stuck.pauseProducing()
+        for _ in range(5):
+            clock.pump([1] * 20)
+            draining.resumeProducing()
+            draining.pauseProducing()
+        self.assertFalse(drainingTransport.disconnecting)
+        self.assertTrue(stuckTransport.disconnecting)
+
     def test_disabled(self) -> None:
         """
         An idle timeout of 0 never closes.
@@ -125,15 +147,33 @@ class CloseTests(SynchronousTestCase):
         clock = Clock()
         protocol, transport = connect(EchoServerFactory(reactor=clock), transportType=HalfCloseableTransport)
         protocol.dataReceived(b"answered")
+        protocol.pauseProducing()
         protocol.close()
         self.assertTrue(transport.writeClosed)
         self.assertFalse(transport.disconnecting)
         self.assertIsNone(transport.producer)
+        # Reading resumes, even if it was paused, so that the peer's EOF is seen.
         self.assertEqual(transport.producerState, "producing")
         protocol.dataReceived(b"dropped")
         self.assertEqual(transport.value(), b"answered")
         protocol.readConnectionLost()
         self.assertTrue(transport.disconnecting)
+
+    def test_inputAfterCloseIsBounded(self) -> None:
+        """
+        A peer that keeps sending after the close is dropped up to
+        C{closingDropLimit} bytes, then aborted.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(reactor=clock), transportType=HalfCloseableTransport)
+        protocol.close()
+        chunk = b"x" * 4096
+        for _ in range(EchoProtocol.closingDropLimit // len(chunk)):
+            protocol.dataReceived(chunk)
+        self.assertFalse(transport.disconnected)
+        protocol.dataReceived(b"x")
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
 
     def test_abortAfterCloseTimeout(self) -> None:
         """
@@ -171,6 +211,20 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(firstTransport.value(), b"hello\n")
         self.assertEqual((factory.stats().served, factory.stats().refused, factory.stats().open), (2, 1, 2))
 
+    def test_refusedConnectionGoesSoon(self) -> None:
+        """
+        A refused connection gets C{refuseTimeout} seconds to read its error
+        line, not the full C{closeTimeout}, and never holds a slot.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(framing="line", maxConnections=1, reactor=clock)
+        connect(factory)
+        _, transport = connect(factory, address(port=40001), transportType=HalfCloseableTransport)
+        self.assertTrue(transport.writeClosed)
+        clock.advance(EchoProtocol.refuseTimeout)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(factory.stats().open, 1)
+
     def test_rawRefusalSaysNothing(self) -> None:
         """
         In raw framing a refused connection is closed without a word.
@@ -202,6 +256,23 @@ class LimitTests(SynchronousTestCase):
         _, other = connect(factory, address("10.0.0.2", 1))
         self.assertEqual(refused.value(), b"error: too many connections from your address (limit 1)\n")
         self.assertFalse(other.disconnecting)
+
+
+    def test_perPeerCountsTheOpeningAddress(self) -> None:
+        """
+        A connection is counted against the address it opened from, and
+        released from the same one, even if its transport later reports
+        another peer (as a PROXY-protocol transport does once the header is
+        read).
+        """
+        factory = EchoServerFactory(maxPerPeer=1, reactor=Clock())
+        proxy, client = address("10.0.0.9", 1), address("192.0.2.7", 5)
+        protocol, transport = connect(factory, proxy)
+        transport.peerAddr = client
+        lose(protocol)
+        _, again = connect(factory, address("10.0.0.9", 2))
+        self.assertFalse(again.disconnecting)
+        self.assertEqual(factory._perPeer, {"10.0.0.9": 1})
 
 
 class DrainTests(SynchronousTestCase):
@@ -263,6 +334,16 @@ class DrainTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         lose(protocol)
         self.assertEqual(self.successResultOf(drained).open, 0)
+
+    def test_abortAll(self) -> None:
+        """
+        C{abortAll} drops every open connection at once (a second SIGTERM).
+        """
+        clock = Clock()
+        factory = EchoServerFactory(reactor=clock)
+        transports = [connect(factory, address(port=port))[1] for port in (1, 2)]
+        factory.abortAll()
+        self.assertEqual([t.disconnected for t in transports], [True, True])
 
     def test_nothingOpen(self) -> None:
         """

@@ -16,10 +16,11 @@ from twisted.internet.endpoints import (
     UNIXServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tcplab.framing import encode
-from tcplab.server import EchoServerFactory
+from tcplab.server import EchoProtocol, EchoServerFactory
 from tests.streams import cutAt
 
 CLIENTS = 200
@@ -149,8 +150,7 @@ class DirectSendTests(TestCase):
 
     async def test_tcpSendsDirectly(self) -> None:
         """
-        On TCP the direct path is taken, and a reply larger than the socket
-        takes at once still arrives whole and in order.
+        On TCP the direct path is taken.
         """
         seen = await self._directFlags(
             TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
@@ -165,3 +165,36 @@ class DirectSendTests(TestCase):
         path = self.mktemp()
         seen = await self._directFlags(UNIXServerEndpoint(reactor, path), lambda port: UNIXClientEndpoint(reactor, path))
         self.assertEqual(seen, [False])
+
+    async def test_socketFullFallsBackToWrite(self) -> None:
+        """
+        When the socket takes only part of a reply (the client is not
+        reading), the rest is queued through C{write()}, reading pauses, and
+        once the client reads again every byte arrives, in order.
+        """
+        queued: list[bool] = []
+        original = EchoProtocol._send
+
+        def send(protocol: EchoProtocol, data: bytes) -> None:
+            direct = protocol._direct and not protocol.transport.dataBuffer and not protocol.transport._tempDataLen
+            original(protocol, data)
+            if direct:
+                queued.append(bool(protocol.transport.dataBuffer or protocol.transport._tempDataLen))
+
+        self.patch(EchoProtocol, "_send", send)
+        pauses: list[EchoProtocol] = []
+        pause = EchoProtocol.pauseProducing
+        self.patch(EchoProtocol, "pauseProducing", lambda protocol: (pauses.append(protocol), pause(protocol)))
+        factory = EchoServerFactory()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        payload = random.Random(7).randbytes(16 * 1024 * 1024)
+        client = ExpectingClient([payload], len(payload))
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(Factory.forProtocol(lambda: client))
+        client.transport.pauseProducing()
+        await deferLater(reactor, 0.5)
+        client.transport.resumeProducing()
+        self.assertEqual(await client.done, payload)
+        await factory.drain()
+        self.assertIn(True, queued, "no direct send was ever cut short")
+        self.assertTrue(pauses, "reading never paused")

@@ -6,6 +6,7 @@ the middle of an echo.  Each test is bounded in bytes, connections and time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -127,35 +128,62 @@ class HalfCloseTests(ServerProcessTestCase):
         self.assertEqual(received, b"".join(encode("length", p + b"SB") for p in payloads))
 
 
-class SlowReaderTests(ServerProcessTestCase):
+class SlowReaderTests(SynchronousTestCase):
     """
     A client that sends without reading cannot grow the server's memory, and
-    does not stop it serving others.
+    does not stop it serving others, in any framing.
     """
 
-    def test_memoryBounded(self) -> None:
+    def assertMemoryBounded(self, framing: str, chunk: bytes, ping: bytes, pong: bytes) -> None:
         """
-        While one client pushes up to 256 MiB without reading a byte, the
-        server's RSS grows by less than 16 MiB and other clients are answered.
+        While one client pushes C{chunk} after C{chunk}, up to 256 MiB,
+        without reading a byte, the server's RSS grows by less than 16 MiB
+        and other clients are answered.  The push ends once the server has
+        taken nothing for 2 s.
         """
-        process = psutil.Process(self.server.process.pid)
+        server = ServerProcess("--framing", framing, "--suffix", "SB")
+        self.addCleanup(server.stop)
+        process = psutil.Process(server.process.pid)
         before = process.memory_info().rss
-        chunk = b"x" * MiB
-        pushed = 0
-        deadline = time.monotonic() + 8
-        with connect(self.server.port) as hog:
+        pushed, stalledSince = 0, None
+        deadline = time.monotonic() + 10
+        with connect(server.port) as hog:
             hog.settimeout(0.2)
             while pushed < 256 * MiB and time.monotonic() < deadline:
                 try:
                     pushed += hog.send(chunk)
+                    stalledSince = None
                 except TimeoutError:
                     # The server has stopped reading: check others are served.
-                    self.assertEqual(pingPong(self.server.port), b"ping")
+                    self.assertEqual(pingPong(server.port, ping), pong)
+                    stalledSince = stalledSince or time.monotonic()
+                    if time.monotonic() - stalledSince > 2:
+                        break
             grown = process.memory_info().rss - before
-            self.assertEqual(pingPong(self.server.port), b"ping")
-        self.assertLess(grown, 16 * MiB, f"RSS grew {grown / MiB:.1f} MiB after {pushed / MiB:.0f} MiB pushed")
-        self.assertLess(pushed, 256 * MiB, "the server never pushed back")
-        self.assertCleanLog()
+        self.assertLess(grown, 16 * MiB, f"{framing}: RSS grew {grown / MiB:.1f} MiB after {pushed / MiB:.0f} MiB pushed")
+        self.assertLess(pushed, 256 * MiB, f"{framing}: the server never pushed back")
+        server.stop()
+        self.assertNotIn("Traceback", server.log())
+
+    def test_raw(self) -> None:
+        """
+        Raw: 1 MiB chunks.
+        """
+        self.assertMemoryBounded("raw", b"x" * MiB, b"ping", b"pingSB")
+
+    def test_line(self) -> None:
+        """
+        Line: 1 KiB lines, sent 1 MiB at a time.
+        """
+        self.assertMemoryBounded("line", (b"x" * 1023 + b"\n") * 1024, b"ping\n", b"pingSB\n")
+
+    def test_length(self) -> None:
+        """
+        Length: 16 KiB frames, sent 1 MiB at a time.
+        """
+        self.assertMemoryBounded(
+            "length", encode("length", b"x" * (16384 - 4)) * 64, encode("length", b"ping"), encode("length", b"pingSB")
+        )
 
 
 class HostileInputTests(ServerProcessTestCase):
@@ -236,8 +264,8 @@ class GracefulShutdownTests(ServerProcessTestCase):
         received = bytearray()
         with connect(self.server.port) as sock:
             sender = sendInBackground(sock, data, halfClose=False)
-            while len(received) < MiB:
-                received += sock.recv(1 << 16)
+            while len(received) < MiB and (chunk := sock.recv(1 << 16)):
+                received += chunk
             os.kill(self.server.process.pid, signal.SIGTERM)
             sock.settimeout(15)
             while len(received) < len(data):
@@ -252,3 +280,26 @@ class GracefulShutdownTests(ServerProcessTestCase):
         output = self.server.log()
         self.assertIn(f"tcplab stopped: served 1 connections (0 refused, 0 open); {len(data)} bytes in, {len(data)} bytes out", output)
         self.assertNotIn("Traceback", output)
+
+    def test_secondSignalAborts(self) -> None:
+        """
+        A second SIGTERM while a connection that never reads is being
+        drained aborts it at once: the server exits 0 well before the drain
+        timeout, with no error logged.
+        """
+        self.server.stop()
+        self.server = ServerProcess("--drain-timeout", "60")
+        with connect(self.server.port) as hog:
+            hog.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    hog.send(b"x" * MiB)
+            os.kill(self.server.process.pid, signal.SIGTERM)
+            self.server.waitForLog("finishing open connections")
+            os.kill(self.server.process.pid, signal.SIGTERM)
+            self.assertEqual(self.server.wait(20), 0)
+        output = self.server.log()
+        self.assertIn("again: aborting open connections", output)
+        self.assertIn("tcplab stopped: served 1 connections", output)
+        for bad in ("Traceback", "Unhandled", "#critical]", "#error]"):
+            self.assertNotIn(bad, output)
