@@ -59,10 +59,13 @@ MAX_PERIOD_BYTES = 4 * 1024 * 1024
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
+#: The largest message: as long as the longest reply the client accepts.
+MAX_SIZE = defaults.CLIENT_MAX_LENGTH
+
 __all__ = ["BenchOptions", "BenchResult", "LoadPlan", "measure", "runBench"]
 
 
-class BenchOptions(usage.Options):
+class BenchOptions(coerce.CommandOptions):
     """
     Options of C{tcplab bench}.
     """
@@ -86,11 +89,17 @@ class BenchOptions(usage.Options):
             None,
             "A client endpoint: tcp:host=H:port=P, tcp6:host=H:port=P or unix:path=P.",
         ],
-        ["connections", "c", 10, "Connections to open.", coerce.size],
-        ["size", "s", 64, "Message payload size in bytes (without framing).", coerce.size],
+        ["connections", "c", 10, "Connections to open.", coerce.positive],
+        [
+            "size",
+            "s",
+            64,
+            f"Message payload size in bytes (without framing), at most {MAX_SIZE}.",
+            coerce.size,
+        ],
         ["duration", "d", None, "Run this many seconds [default: 5].", coerce.seconds],
-        ["requests", "n", None, "Send this many messages in all, then stop.", coerce.size],
-        ["pipeline", "k", 1, "Messages in flight on each connection.", coerce.size],
+        ["requests", "n", None, "Send this many messages in all, then stop.", coerce.positive],
+        ["pipeline", "k", 1, "Messages in flight on each connection.", coerce.positive],
         [
             "framing",
             "f",
@@ -99,7 +108,7 @@ class BenchOptions(usage.Options):
             coerce.framing,
         ],
         ["suffix", None, "", "Text the server appends to every reply (UTF-8)."],
-        ["processes", "p", 1, "Load-generating processes.", coerce.size],
+        ["processes", "p", 1, "Load-generating processes.", coerce.positive],
         ["timeout", None, 10.0, "Give up after this many seconds without a reply.", coerce.seconds],
     ]
 
@@ -111,6 +120,8 @@ class BenchOptions(usage.Options):
             self["port"] = None if port is None else coerce.port(port)
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        if self["port"] == 0:
+            raise usage.UsageError("cannot connect to port 0")
 
     def postOptions(self) -> None:
         if self["connect"] is not None and self["host"] is not None:
@@ -119,6 +130,10 @@ class BenchOptions(usage.Options):
             raise usage.UsageError("give either --duration or --requests, not both")
         if self["duration"] is None and self["requests"] is None:
             self["duration"] = 5.0
+        if self["size"] > MAX_SIZE:
+            raise usage.UsageError(f"--size must be at most {MAX_SIZE} bytes")
+        if self["timeout"] == 0:
+            raise usage.UsageError("--timeout must be more than 0 seconds")
         if self["processes"] > self["connections"]:
             raise usage.UsageError("--processes must not exceed --connections")
         self["suffix"] = coerce.utf8(self["suffix"])

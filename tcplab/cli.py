@@ -45,7 +45,7 @@ EXIT_USAGE = 2
 PROMPT = b">>>: "
 
 
-class ClientOptions(usage.Options):
+class ClientOptions(coerce.CommandOptions):
     """
     Options of C{tcplab client}.
     """
@@ -143,13 +143,17 @@ class ClientOptions(usage.Options):
 def _checkEndpoint(description: str) -> None:
     # Parsing needs a reactor, but the global one is not needed to parse.
     try:
-        clientFromString(MemoryReactor(), description)
+        endpoint = clientFromString(MemoryReactor(), description)
     except (ImportError, NameError):
         raise usage.UsageError(
             f"endpoint {description!r} needs TLS support: pip install 'twisted[tls]'"
         ) from None
     except Exception as error:
         raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
+    # Twisted's TCP client endpoints keep their port unchecked until connecting.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 < port <= 65535:
+        raise usage.UsageError(f"invalid endpoint {description!r}: port {port} is out of range (1-65535)")
 
 
 def _checkMessage(framing: str, message: bytes) -> None:
@@ -192,6 +196,15 @@ class ClientFailed(Exception):
     """
     The client could not finish; the message names the address and the reason.
     """
+
+
+class OutputError(Exception):
+    """
+    Replies could not be written to standard output; the message says why.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write to standard output: {self.args[0]}"
 
 
 class ReplyPrinter:
@@ -265,9 +278,9 @@ class ReplyPrinter:
         text = reply.hex() if self._hex else reply.decode("utf-8", "replace")
         try:
             self._write(text.encode("utf-8") + b"\n")
-        except OSError:
-            # Such as a closed pipe: the session cannot go on.
-            self.fail(Failure())
+        except OSError as error:
+            # Such as a closed pipe or a full disk: the session cannot go on.
+            self.fail(Failure(OutputError(error.strerror or str(error))))
             return
         if not self._ending:
             self.prompt()
@@ -334,12 +347,16 @@ class ConsoleProtocol(Protocol):
 
     def writeConnectionLost(self) -> None:
         # The output is gone (a closed pipe): nothing more can be written.
-        self._printer.fail(Failure(OSError("standard output closed")))
+        self._printer.fail(Failure(OutputError("closed")))
         self._finish()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._outcome is None and not self._printer.done.called:
-            self._outcome = Failure(ConnectionDone("standard input and output closed"))
+        if self._outcome is None:
+            if not reason.check(ConnectionDone):
+                # The last replies could not be written (a full disk, a closed pipe).
+                self._outcome = Failure(OutputError(reason.getErrorMessage()))
+            elif not self._printer.done.called:
+                self._outcome = Failure(ConnectionDone("standard input and output closed"))
         self._finish()
 
     def _finish(self) -> None:
@@ -474,11 +491,11 @@ def _reason(error: BaseException, config: ClientOptions) -> str:
     if isinstance(error, ConnectionLost):
         return "connection lost"
     if isinstance(error, ConnectError) and error.osError:
-        return str(error.osError).rstrip(".")
+        # Some transports give an errno, others a message.
+        osError = error.osError
+        return os.strerror(osError) if isinstance(osError, int) else str(osError).rstrip(".")
     if isinstance(error, (ReplyTimeout, MessageTooLong)):
         return str(error)
-    if isinstance(error, BrokenPipeError):
-        return "standard output closed"
     return str(error) or type(error).__name__
 
 
@@ -535,13 +552,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     @return: the exit code.
     """
+    if sys.stdout is None:
+        # Started with standard output closed: no reply could be shown.
+        print("tcplab: standard output is closed", file=sys.stderr)
+        return EXIT_FAILURE
     try:
-        code = _main(argv)
+        try:
+            code = _main(argv)
+        except SystemExit as exit:
+            # --help and --version: their text is still to be flushed.
+            code = exit.code if isinstance(exit.code, int) else EXIT_FAILURE
         sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader of our output went away (C{tcplab --help | head -1}):
-        # nothing more can be said there; keep Python's exit flush quiet too.
+    except OSError as error:
+        # The reader of our output went away (C{tcplab --help | head -1}) or
+        # it cannot be written: say so (unless it is a closed pipe, which the
+        # reader chose), and keep Python's exit flush quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not isinstance(error, BrokenPipeError):
+            print(f"tcplab: cannot write to standard output: {error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
     return code
 

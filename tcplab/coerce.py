@@ -1,12 +1,62 @@
 """
-Checks for command-line values, shared by the twistd plugin and the C{tcplab}
-command.  Each takes the text given and returns the value in its final type, or
+Command-line values, shared by the twistd plugin and the C{tcplab} command.
+
+Each check takes the text given and returns the value in its final type, or
 raises L{ValueError} with a message naming what was expected.
+L{InterspersedOptions} lets options follow the positional arguments.
 """
 
 from __future__ import annotations
 
+import getopt
+import sys
+
+from twisted.python import usage
+
 from tcplab.framing import checkFraming
+
+
+class CommandOptions(usage.Options):
+    """
+    Options as tcplab's commands parse them:
+
+      - they may come before or after the positional arguments, as with GNU
+        tools (C{tcplab client 127.0.0.1 8081 -m hi}); Twisted's parser
+        stops at the first positional argument;
+      - a bad value is reported with the option's name
+        (C{--connections: must be at least 1, got 0}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Twisted keeps a coercing handler per option with a coerce function.
+        for name, handler in self._dispatch.items():
+            if type(handler) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerceParameter(self, handler.coerce)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        options = list(sys.argv[1:] if options is None else options)
+        try:
+            opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as error:
+            raise usage.UsageError(str(error)) from None
+        ordered: list[str] = []
+        for option, value in opts:
+            if option.startswith("--"):
+                ordered.append(f"{option}={value}" if option[2:] + "=" in self.longOpt else option)
+            else:
+                ordered += [option, value] if option[1] + ":" in self.shortOpt else [option]
+        super().parseOptions([*ordered, "--", *args])
+
+
+class _NamedCoerceParameter(usage.CoerceParameter):
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            super().dispatch(parameterName, value)  # "requires an argument"
+        try:
+            self.options.opts[parameterName] = self.coerce(value)
+        except ValueError as error:
+            raise usage.UsageError(f"--{parameterName}: {error}") from None
 
 
 def port(text: str) -> int:
@@ -26,6 +76,16 @@ def size(text: str) -> int:
     value = _integer(text, "size")
     if value < 1:
         raise ValueError(f"size must be at least 1 byte, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """
+    @return: a whole number of at least 1.
+    """
+    value = _integer(text, "number")
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
     return value
 
 

@@ -25,7 +25,7 @@ from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
 
 
-class Options(usage.Options):
+class Options(coerce.CommandOptions):
     """
     Options of the tcplab twistd plugin.
     """

@@ -221,17 +221,22 @@ class BenchOptionsTests(SynchronousTestCase):
         """
         Contradictory or impossible options are usage errors.
         """
-        for argv in [
-            ["--suffix", "SB"],
-            ["-d", "1", "-n", "5"],
-            ["-c", "0"],
-            ["-c", "2", "-p", "3"],
-            ["--connect", "ssl:host=127.0.0.1:port=1"],
-            ["--connect", "tcp:host=127.0.0.1"],
-            ["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"],
-            ["127.0.0.1", "70000"],
+        for argv, expected in [
+            (["--suffix", "SB"], "--suffix needs line or length framing"),
+            (["-d", "1", "-n", "5"], "not both"),
+            (["-c", "0"], "--connections: must be at least 1, got 0"),
+            (["-k", "many"], "--pipeline: invalid number 'many'"),
+            (["-c", "2", "-p", "3"], "--processes must not exceed --connections"),
+            (["--size", str(2**40)], "--size must be at most"),
+            (["--timeout", "0"], "--timeout must be more than 0"),
+            (["--connect", "ssl:host=127.0.0.1:port=1"], "use tcp, tcp6 or unix"),
+            (["--connect", "tcp:host=127.0.0.1"], "needs a host and a port"),
+            (["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"], "not both"),
+            (["127.0.0.1", "70000"], "out of range"),
+            (["127.0.0.1", "0"], "port 0"),
         ]:
-            self.assertRaises(usage.UsageError, parse, *argv)
+            error = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertIn(expected, str(error), argv)
 
 
 class LoadPlanTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ import time
 import pexpect
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
@@ -23,12 +23,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab import EchoClient
-from tcplab.cli import ClientOptions, ConsoleProtocol, ReplyPrinter
+from tcplab.cli import ClientOptions, ConsoleProtocol, OutputError, ReplyPrinter
 from tcplab.client import ReplyTimeout
 from tcplab.server import EchoServerFactory
 from tests.seedserver import SeedServer
 from tests.serverprocess import ROOT, ServerProcess, environment
-from tests.test_client import Pump
+from tests.test_client import QUIET, Pump
 
 #: How long any one command may run before the test fails.
 LIMIT = 20
@@ -67,6 +67,14 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(options["messages"], ["你好".encode(), b"b"])
         self.assertEqual(options["address"], "[::1]:9000")
 
+    def test_optionsAfterAddress(self) -> None:
+        """
+        Options may follow HOST and PORT, and C{--} ends them.
+        """
+        options = parse("127.0.0.1", "9000", "-m", "a", "--framing", "line")
+        self.assertEqual((options["port"], options["messages"], options["framing"]), (9000, [b"a"], "line"))
+        self.assertEqual(parse("-m", "-x", "--", "::1")["messages"], [b"-x"])
+
     def test_zeroTimeoutMeansNone(self) -> None:
         """
         C{--timeout 0} means no limit.
@@ -87,6 +95,8 @@ class ClientOptionsTests(SynchronousTestCase):
             (["--connect", "tcp:host=a:port=1", "localhost"], "not both"),
             (["--udp", "--connect", "tcp:host=a:port=1"], "--udp"),
             (["--connect", "nonsense:x"], "invalid endpoint"),
+            (["--connect", "tcp:host=127.0.0.1:port=70000"], "port 70000 is out of range"),
+            (["--timeout", "soon"], "--timeout: invalid duration"),
             (["-m", ""], "empty"),
             (["--framing", "line", "-m", "a\nb"], "newline"),
         ]:
@@ -158,13 +168,18 @@ class ConsoleProtocolTests(ConsoleTestsMixin, SynchronousTestCase):
 
     def test_rawSkipsEmptyLines(self) -> None:
         """
-        In raw framing an empty line has nothing to send and is skipped.
+        In raw framing an empty line has nothing to send and is skipped; the
+        lines around it are answered and the session succeeds.
         """
         console = self.console(framing="raw")
-        console.dataReceived(b"\n\n")
+        console.dataReceived(b"\n\nx\n\n")
+        self.pump.flush()
+        self.clock.advance(QUIET)
         console.readConnectionLost()
-        self.assertEqual(self.pump.clientTransport.value(), b"")
+        self.assertEqual(self.output.value(), b"xSB\n")
         self.assertTrue(self.output.disconnecting)
+        console.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(console.finished)
 
     def test_interactive(self) -> None:
         """
@@ -213,6 +228,18 @@ class ConsoleProtocolTests(ConsoleTestsMixin, SynchronousTestCase):
         console.connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(console.finished, ReplyTimeout)
 
+    def test_outputLostAfterEndOfInput(self) -> None:
+        """
+        If the last replies cannot be written (standard output fails after
+        the input has ended), the session fails rather than succeeding.
+        """
+        console = self.console()
+        console.dataReceived(b"one\n")
+        console.readConnectionLost()
+        self.pump.flush()
+        console.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(console.finished, OutputError)
+
     def test_closedOutputEndsSession(self) -> None:
         """
         When standard output goes away, the session ends at once.
@@ -220,7 +247,7 @@ class ConsoleProtocolTests(ConsoleTestsMixin, SynchronousTestCase):
         console = self.console()
         console.dataReceived(b"one\n")
         console.writeConnectionLost()
-        self.failureResultOf(console.finished, OSError)
+        self.failureResultOf(console.finished, OutputError)
 
     def test_tooLongInputLine(self) -> None:
         """
@@ -256,9 +283,11 @@ class ReplyPrinterTests(SynchronousTestCase):
         printer = ReplyPrinter(request, output.append)
         printer.send(b"a")
         printer.send(b"b")
+        printer.send(b"c")
         printer.end()
         requests[0].errback(ReplyTimeout(1))
-        requests[1].errback(ReplyTimeout(1))
+        requests[1].callback(b"b")
+        requests[2].errback(ReplyTimeout(1))
         self.failureResultOf(printer.done, ReplyTimeout)
         self.assertEqual(output, [])
 
@@ -274,14 +303,17 @@ class ReplyPrinterTests(SynchronousTestCase):
         printer = ReplyPrinter(lambda message: Deferred.fromCoroutine(_reply(message)), write)
         printer.send(b"a")
         printer.end()
-        self.failureResultOf(printer.done, BrokenPipeError)
+        self.assertEqual(
+            str(self.failureResultOf(printer.done, OutputError).value),
+            "cannot write to standard output: Broken pipe",
+        )
 
 
 async def _reply(message: bytes) -> bytes:
     return message
 
 
-def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(*args: str, input: bytes | None = None, stdout: object = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
     """
     Run C{python -m tcplab client ARGS} from the source tree, to completion.
     """
@@ -289,7 +321,8 @@ def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[b
         [sys.executable, "-m", "tcplab", "client", *args],
         input=input,
         stdin=subprocess.DEVNULL if input is None else None,
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         cwd=ROOT,
         env=environment(),
         timeout=LIMIT,
@@ -399,7 +432,8 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         server = self.server("--suffix", "SB", "--udp", "0")
         port = server.waitForLog(r"DatagramEcho starting on (\d+)").group(1)
         self.assertSucceeds(run("--udp", "-m", "a", "-m", "你好", "127.0.0.1", port), "aSB\n你好SB\n")
-        self.assertSucceeds(run("--udp", "127.0.0.1", port, input=b"x\ny\n"), "xSB\nySB\n")
+        lines = "".join(f"{n}\n" for n in range(500))
+        self.assertSucceeds(run("--udp", "127.0.0.1", port, input=lines.encode()), lines.replace("\n", "SB\n"))
 
     def test_refused(self) -> None:
         """
@@ -418,7 +452,30 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         A UNIX socket that does not exist: status 1, one line.
         """
         path = "/nonexistent/tcplab.sock"
-        self.assertFails(run("--connect", f"unix:path={path}", "-m", "hi"), 1, f"cannot connect to unix:path={path}")
+        self.assertFails(
+            run("--connect", f"unix:path={path}", "-m", "hi"),
+            1,
+            f"cannot connect to unix:path={path}: No such file or directory",
+        )
+
+    def test_outputCannotBeWritten(self) -> None:
+        """
+        Replies that cannot be written (standard output is a full device, or
+        closed): status 1 and one line, one-shot and piped, never a
+        traceback or a hang.
+        """
+        server = self.server("--suffix", "SB", "--framing", "line")
+        address = ["-f", "line", "127.0.0.1", str(server.port)]
+        with open("/dev/full", "wb") as full:
+            for input in (None, b"one\ntwo\n"):
+                args = address if input else ["-m", "hi", *address]
+                result = run(*args, input=input, stdout=full)
+                self.assertFails(result, 1, "cannot write to standard output")
+        closed = subprocess.run(
+            ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "tcplab", "client", "-m", "hi", *address],
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=environment(), timeout=LIMIT,
+        )
+        self.assertEqual((closed.returncode, closed.stderr), (1, b"tcplab: standard output is closed\n"))
 
     def test_replyTimeout(self) -> None:
         """
