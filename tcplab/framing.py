@@ -18,6 +18,7 @@ server and the client use them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from tcplab import defaults
 
@@ -28,6 +29,43 @@ HEADER = struct.Struct(">I")
 
 #: The largest payload a 4-byte length prefix can announce.
 MAX_FRAME_PAYLOAD = 2**32 - 1
+
+
+class _Headers(dict[int, bytes]):
+    """
+    Length prefixes already packed, by payload length (plus C{extra}): the
+    frames of a stream mostly repeat a few lengths, and a dictionary look-up
+    is quicker than C{HEADER.pack}.  Bounded: it starts afresh after 4096
+    lengths.
+    """
+
+    def __missing__(self, length: int) -> bytes:
+        if len(self) >= 4096:
+            self.clear()
+        packed = self[length] = HEADER.pack(length + self.extra)
+        return packed
+
+
+    def __init__(self, extra: int = 0) -> None:
+        super().__init__()
+        self.extra = extra
+
+
+def headers(extra: int = 0) -> Callable[[int], bytes]:
+    """
+    @return: a function from a payload length C{n} to C{HEADER.pack(n + extra)},
+        shared by every caller with the same C{extra}.
+    """
+    cache = _HEADERS.get(extra)
+    if cache is None:
+        cache = _HEADERS[extra] = _Headers(extra)
+    return cache.__getitem__
+
+
+_HEADERS: dict[int, _Headers] = {}
+
+#: C{header(n)} is C{HEADER.pack(n)}, for 0 <= n <= MAX_FRAME_PAYLOAD.
+header = headers(0)
 
 
 class MessageTooLong(Exception):
@@ -97,25 +135,49 @@ class LineDecoder:
         @return: the lines completed by C{data}, in order.
         @raise MessageTooLong: if a line, complete or not, is too long.
         """
+        block = self.feedBlock(data)
+        if not block:
+            return []
+        lines = block.split(b"\n")
+        lines.pop()
+        return lines
+
+    def feedBlock(self, data: bytes) -> bytes:
+        """
+        Add C{data} to the stream, and take the lines it completes as one
+        block of bytes, each line still followed by its C{\n}: for a caller
+        that can answer a whole block at once (C{bytes.replace} on the block
+        rather than a call per line).
+
+        @return: the completed lines, with their endings; C{b""} for none.
+        @raise MessageTooLong: if a line, complete or not, is too long.
+        """
         if b"\n" not in data:
             if data:
                 self._pending.append(data)
                 self._pendingLength += len(data)
                 self._checkPending()
-            return []
+            return b""
         if self._pending:
-            data = b"".join(self._pending) + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
+            self._pending.append(data)
+            data = b"".join(self._pending)
+        end = data.rfind(b"\n") + 1
+        if end == len(data):
+            block, rest = data, b""
+        else:
+            block, rest = data[:end], data[end:]
         self._pending = [rest] if rest else []
         self._pendingLength = len(rest)
-        # Cheap bound first: only look at each line when the batch could hold a long one.
-        if len(data) - len(rest) - len(lines) > self.maxLength:
+        # Cheap bound first: only look at each line when the block could hold a long one.
+        if len(block) > self.maxLength and len(block) - block.count(b"\n") > self.maxLength:
+            lines = block.split(b"\n")
+            lines.pop()
             for index, line in enumerate(lines):
                 if self._tooLong(line):
                     raise MessageTooLong(len(line), self.maxLength, lines[:index])
-        self._checkPending(lines)
-        return lines
+        if self._pendingLength > self.maxLength:
+            self._checkPending(lambda: block.split(b"\n")[:-1])
+        return block
 
     def finish(self) -> tuple[list[bytes], int]:
         """
@@ -136,11 +198,13 @@ class LineDecoder:
         excess = length - self.maxLength
         return excess > 1 or (excess == 1 and not endsWithCR)
 
-    def _checkPending(self, completed: list[bytes] | None = None) -> None:
+    def _checkPending(self, completed: Callable[[], list[bytes]] | None = None) -> None:
+        # completed: the lines completed along with this pending one, which
+        # are valid and still to be answered (built only if needed).
         if self._pendingLength > self.maxLength and self._exceeds(
             self._pendingLength, self._pending[-1].endswith(b"\r")
         ):
-            raise MessageTooLong(self._pendingLength, self.maxLength, completed or [])
+            raise MessageTooLong(self._pendingLength, self.maxLength, completed() if completed else [])
 
 
 class LengthPrefixDecoder:
@@ -175,24 +239,34 @@ class LengthPrefixDecoder:
         if self._pending:
             self._pending.append(data)
             data = b"".join(self._pending)
-        # Hot path: one pass over the frames, with everything it uses local.
+        # Hot path: one pass over the frames that only slices them out, with
+        # everything it uses local; the size checks come after, at C speed.
+        # A header announcing more than there is makes a short last slice
+        # (never a large buffer) and ends the pass.
         messages: list[bytes] = []
         append, unpack = messages.append, HEADER.unpack_from
-        offset, end, maxLength = 0, len(data), self.maxLength
+        offset, start, end = 0, 0, len(data)
         last = end - 4
         while offset <= last:
-            length = unpack(data, offset)[0]
-            if length > maxLength:
-                raise MessageTooLong(length, maxLength, messages)
-            stop = offset + 4 + length
-            if stop > end:
-                break
-            append(data[offset + 4 : stop])
-            offset = stop
+            start = offset + 4
+            offset = start + unpack(data, offset)[0]
+            append(data[start:offset])
+        if offset > end:
+            # The last frame is incomplete: keep it, header and all, for later.
+            messages.pop()
+            offset = start - 4
+        maxLength = self.maxLength
+        # Cheap bound first: only look at each frame when one could be too long.
+        if end - 4 * len(messages) > maxLength:
+            for index, message in enumerate(messages):
+                if len(message) > maxLength:
+                    raise MessageTooLong(len(message), maxLength, messages[:index])
         rest = data[offset:]
         self._pending = [rest] if rest else []
         self._pendingLength = len(rest)
         self._needed = 4 + unpack(rest)[0] if len(rest) >= 4 else 4
+        if self._needed - 4 > maxLength:
+            raise MessageTooLong(self._needed - 4, maxLength, messages)
         return messages
 
     def finish(self) -> tuple[list[bytes], int]:
@@ -250,7 +324,7 @@ def frame(payload: bytes) -> bytes:
     """
     if len(payload) > MAX_FRAME_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes is too long to frame")
-    return HEADER.pack(len(payload)) + payload
+    return header(len(payload)) + payload
 
 
 def encode(framing: str, message: bytes) -> bytes:

@@ -196,3 +196,65 @@ class EncodeTests(SynchronousTestCase):
         self.assertIsInstance(decoder, RawDecoder)
         self.assertEqual(decoder.feed(b"abc"), [b"abc"])
         self.assertEqual(decoder.feed(b""), [])
+
+
+def decodeUntilTooLong(decoder, chunks: list[bytes]) -> tuple[list[bytes], MessageTooLong | None, int]:
+    """
+    Feed C{chunks} until the decoder rejects a message.
+
+    @return: every message decoded (including those the error carries), the
+        error if any, and the most bytes the decoder held pending at once.
+    """
+    messages: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        try:
+            messages.extend(decoder.feed(chunk))
+        except MessageTooLong as error:
+            return messages + error.messages, error, held
+        held = max(held, decoder._pendingLength)
+    return messages, None, held
+
+
+def untilTooLong(messages: list[bytes], maxLength: int) -> list[bytes]:
+    """
+    @return: the messages before the first one over C{maxLength}.
+    """
+    for index, message in enumerate(messages):
+        if len(message) > maxLength:
+            return messages[:index]
+    return messages
+
+
+class SizeLimitPropertyTests(SynchronousTestCase):
+    """
+    Whatever the chunking, a decoder answers exactly the messages before the
+    first one over C{maxLength}, rejects that one, and never holds more than
+    about C{maxLength} bytes pending.
+    """
+
+    @given(st.lists(st.integers(min_value=0, max_value=120), max_size=12), st.integers(min_value=1, max_value=100), cuts)
+    def test_length(self, sizes: list[int], maxLength: int, offsets: list[int]) -> None:
+        """
+        Length framing.
+        """
+        messages = [bytes([index % 256]) * size for index, size in enumerate(sizes)]
+        stream = b"".join(frame(message) for message in messages)
+        decoded, error, held = decodeUntilTooLong(LengthPrefixDecoder(maxLength), cutAt(stream, offsets))
+        allowed = untilTooLong(messages, maxLength)
+        self.assertEqual(decoded, allowed)
+        self.assertEqual(error is None, len(allowed) == len(messages))
+        self.assertLessEqual(held, maxLength + 4)
+
+    @given(lines, st.integers(min_value=1, max_value=30), cuts)
+    def test_line(self, messages: list[bytes], maxLength: int, offsets: list[int]) -> None:
+        """
+        Line framing (a C{\\r} before the C{\\n} is part of the ending).
+        """
+        messages = [message.rstrip(b"\r") for message in messages]
+        stream = b"".join(message + b"\n" for message in messages)
+        decoded, error, held = decodeUntilTooLong(LineDecoder(maxLength), cutAt(stream, offsets))
+        allowed = untilTooLong(messages, maxLength)
+        self.assertEqual(decoded, allowed)
+        self.assertEqual(error is None, len(allowed) == len(messages))
+        self.assertLessEqual(held, maxLength + 1)
