@@ -57,14 +57,14 @@ def throughput(names: list[str], scenario: Scenario, duration: float, repeat: in
     @return: the best bench summary of each server under C{scenario}.
     """
     load = Load(scenario.connections, scenario.size, scenario.pipeline, duration)
-    results = {}
-    for name in names:
-        runs = []
-        for _ in range(repeat):
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    # Round-robin: every server runs once per round, so that the machine's
+    # drift over minutes falls on all of them alike rather than on one.
+    for _ in range(repeat):
+        for name in names:
             with ServerProcess(name, cpu=SERVER_CPU) as server:
-                runs.append(bench(server, load))
-        results[name] = max(runs, key=lambda summary: summary["messagesPerSecond"])
-    return results
+                runs[name].append(bench(server, load))
+    return {name: max(done, key=lambda summary: summary["messagesPerSecond"]) for name, done in runs.items()}
 
 
 def idleRss(name: str, connections: int) -> float:

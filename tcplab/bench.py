@@ -109,7 +109,7 @@ class BenchOptions(coerce.CommandOptions):
         ],
         ["suffix", None, "", "Text the server appends to every reply (UTF-8)."],
         ["processes", "p", 1, "Load-generating processes.", coerce.positive],
-        ["timeout", None, 10.0, "Give up after this many seconds without a reply.", coerce.seconds],
+        ["timeout", None, 10.0, "Give up after this many seconds connecting, or without a reply.", coerce.seconds],
     ]
 
     def parseArgs(self, host: str | None = None, port: str | None = None) -> None:
@@ -378,16 +378,18 @@ class _Connection:
 
 def connectAll(address: Address, count: int, timeout: float) -> tuple[list[socket.socket], list[str]]:
     """
-    Open C{count} connections to C{address}, one after the other.
+    Open C{count} connections to C{address}, one after the other, within
+    C{timeout} seconds in all.
 
     @return: the connected non-blocking sockets, and one message per
         connection that could not be made.
     """
     sockets, failures = [], []
+    deadline = time.monotonic() + timeout
     for _ in range(count):
         sock = socket.socket(address.family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.connect(address.sockaddr)
         except OSError as error:
             sock.close()
@@ -726,11 +728,10 @@ class _ProgressBar:
         self._progress: Any = None
         if not stream.isatty():
             return
-        try:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        except ImportError:
-            return
+        # Imported here: only a run on a terminal needs it.
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         self._progress = Progress(
             TextColumn("bench"),
             BarColumn(),

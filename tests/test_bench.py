@@ -56,6 +56,36 @@ class CorruptingEcho(Protocol):
         self.transport.write(data)
 
 
+class DelayedEcho(Protocol):
+    """
+    Echo every read back after C{delay} seconds.
+    """
+
+    delay = 0.05
+
+    def dataReceived(self, data: bytes) -> None:
+        reactor.callLater(self.delay, self.transport.write, data)
+
+
+class ClosingEcho(Protocol):
+    """
+    Echo the first read, then close the connection.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.transport.loseConnection()
+
+
+class TerminalStream(StringIO):
+    """
+    A text stream that says it is a terminal.
+    """
+
+    def isatty(self) -> bool:
+        return True
+
+
 def parse(*argv: str) -> BenchOptions:
     """
     @return: L{BenchOptions} parsed from C{argv}.
@@ -113,10 +143,53 @@ class BenchRunTests(TestCase):
             (summary["connections"], summary["failedConnections"], summary["errors"], summary["unanswered"]),
             (3, 0, 0, 0),
         )
-        self.assertGreater(summary["messagesPerSecond"], 0)
-        self.assertGreater(summary["megabytesPerSecond"], 0)
+        seconds = summary["seconds"]
+        self.assertTrue(0 < seconds < 60)
+        # (The summary rounds the seconds and the rates.)
+        self.assertLess(abs(summary["messagesPerSecond"] / (3000 / seconds) - 1), 1e-3)
+        # MB/s counts the request bytes: 64-byte messages plus their newline.
+        self.assertLess(abs(summary["megabytesPerSecond"] / (3000 * 65 / seconds / 1e6) - 1), 1e-2)
         latency = summary["latencyMs"]
-        self.assertTrue(0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"])
+        self.assertTrue(0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < seconds * 1000)
+
+    async def test_latencyMeasured(self) -> None:
+        """
+        Against a server that answers every read 50 ms late, every latency
+        figure is at least 50 ms, and not absurdly more.
+        """
+        port = self.listen(Factory.forProtocol(DelayedEcho))
+        code, out, err = await self.bench("--json", "-c", "2", "-n", "20", "127.0.0.1", port)
+        self.assertEqual((code, err), (0, ""))
+        latency = json.loads(out)["latencyMs"]
+        self.assertGreaterEqual(latency["p50"], DelayedEcho.delay * 1000)
+        self.assertLess(latency["max"], 2000)
+
+    async def test_connectionClosedEarly(self) -> None:
+        """
+        A server that closes a connection with messages still unanswered:
+        the connection counts as failed, the messages as unanswered, and the
+        run exits 1 with one line on stderr.
+        """
+        port = self.listen(Factory.forProtocol(ClosingEcho))
+        code, out, err = await self.bench("--json", "-f", "line", "-c", "1", "-k", "1", "-n", "10", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, summary["failedConnections"], summary["messages"]), (1, 1, 1))
+        self.assertGreater(summary["unanswered"], 0)
+        self.assertIn("closed a connection early", err)
+        self.assertEqual(len(err.splitlines()), 1)
+
+    async def test_progressBarOnATerminal(self) -> None:
+        """
+        On a terminal, a live progress bar with the rate goes to stderr; the
+        summary still goes to the output.
+        """
+        port = self.listen(EchoServerFactory())
+        out, err = StringIO(), TerminalStream()
+        code = await threads.deferToThread(runBench, parse("-d", "0.5", "127.0.0.1", port), out, err)
+        self.assertEqual(code, 0)
+        self.assertIn("bench", err.getvalue())
+        self.assertIn("msg/s", err.getvalue())
+        self.assertIn("messages/s", out.getvalue())
 
     async def test_summary(self) -> None:
         """

@@ -6,8 +6,9 @@ Stress the tcplab server as hostile and unlucky clients would, and print figures
 Each scenario runs `twist tcplab` in a child process on 127.0.0.1 (a free port),
 is bounded in bytes, connections and time, and prints one line of figures:
 
-  - slow reader: one client pushes up to 256 MiB without reading while others
-    ping; the server's RSS growth and the pings' worst latency;
+  - slow reader, in each framing: one client pushes up to 256 MiB without
+    reading while others ping; the server's RSS growth and the pings' worst
+    latency;
   - concurrency: N connections at once in each framing, random payloads, every
     byte checked;
   - hostile: garbage, resets mid-message, a connect/close flood, a 4 GiB header;
@@ -72,13 +73,22 @@ def cleanLog(server: ServerProcess) -> bool:
     return not any(error in log for error in _ERRORS)
 
 
-def slowReader(seconds: float) -> str:
-    server = ServerProcess()
+#: What a client that never reads pushes, 1 MiB at a time, in each framing.
+_FLOOD = {
+    "raw": b"x" * MiB,
+    "line": (b"x" * 1023 + b"\n") * 1024,
+    "length": encode("length", b"x" * (16384 - 4)) * 64,
+}
+
+
+def slowReader(seconds: float, framing: str) -> str:
+    server = ServerProcess("--framing", framing, "--suffix", "SB")
+    ping, pong = encode(framing, b"ping"), encode(framing, b"pingSB")
     try:
         process = psutil.Process(server.process.pid)
         before = process.memory_info().rss
         worst, pushed = 0.0, 0
-        chunk = b"x" * MiB
+        chunk = _FLOOD[framing]
         deadline = time.monotonic() + seconds
         with connect(server.port) as hog:
             hog.settimeout(0.1)
@@ -87,13 +97,13 @@ def slowReader(seconds: float) -> str:
                     pushed += hog.send(chunk)
                 except TimeoutError:
                     start = time.monotonic()
-                    with connect(server.port) as ping:
-                        ping.sendall(b"ping")
-                        assert ping.recv(16) == b"ping"
+                    with connect(server.port) as pinger:
+                        pinger.sendall(ping)
+                        assert readAll(pinger, len(pong)) == pong
                     worst = max(worst, time.monotonic() - start)
             grown = process.memory_info().rss - before
         return (
-            f"slow reader: pushed {pushed / MiB:.0f} MiB unread in {seconds:.0f} s; server RSS "
+            f"slow reader ({framing}): pushed {pushed / MiB:.0f} MiB unread in {seconds:.0f} s; server RSS "
             f"grew {grown / MiB:.1f} MiB (bound 16); other clients' worst ping {worst * 1000:.1f} ms"
         )
     finally:
@@ -161,8 +171,8 @@ def shutdown() -> str:
         received = bytearray()
         with connect(server.port) as sock:
             threading.Thread(target=sock.sendall, args=(data,), daemon=True).start()
-            while len(received) < MiB:
-                received += sock.recv(1 << 16)
+            while len(received) < MiB and (chunk := sock.recv(1 << 16)):
+                received += chunk
             start = time.monotonic()
             os.kill(server.process.pid, signal.SIGTERM)
             received += readAll(sock)
@@ -180,10 +190,12 @@ def shutdown() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=8, help="slow-reader duration [8]")
+    parser.add_argument("--seconds", type=float, default=5, help="slow-reader duration per framing [5]")
     parser.add_argument("--connections", type=int, default=200, help="concurrent connections [200]")
     arguments = parser.parse_args()
-    for scenario in (lambda: slowReader(arguments.seconds), lambda: concurrency(arguments.connections), hostile, shutdown):
+    for framing in ("raw", "line", "length"):
+        print(slowReader(arguments.seconds, framing), flush=True)
+    for scenario in (lambda: concurrency(arguments.connections), hostile, shutdown):
         print(scenario(), flush=True)
     return 0
 
