@@ -73,30 +73,21 @@ def size(text: str) -> int:
     """
     @return: a byte count of at least 1.
     """
-    value = _integer(text, "size")
-    if value < 1:
-        raise ValueError(f"size must be at least 1 byte, got {value}")
-    return value
+    return _atLeast(1, text, "size")
 
 
 def positive(text: str) -> int:
     """
     @return: a whole number of at least 1.
     """
-    value = _integer(text, "number")
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+    return _atLeast(1, text, "number")
 
 
 def count(text: str) -> int:
     """
     @return: a whole number of at least 0.
     """
-    value = _integer(text, "count")
-    if value < 0:
-        raise ValueError(f"count must not be negative, got {value}")
-    return value
+    return _atLeast(0, text, "count")
 
 
 def seconds(text: str) -> float:
@@ -125,6 +116,13 @@ def utf8(text: str) -> bytes:
         command line are passed through unchanged).
     """
     return text.encode("utf-8", "surrogateescape")
+
+
+def _atLeast(minimum: int, text: str, what: str) -> int:
+    value = _integer(text, what)
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}, got {value}")
+    return value
 
 
 def _integer(text: str, what: str) -> int:

@@ -137,12 +137,13 @@ class EchoProtocol(Protocol):
             return
         self.bytesIn += len(data)
         try:
-            messages = self._decoder.feed(data)
+            batch = self._takeBatch(data)
         except MessageTooLong as error:
             self._answer(error.messages)
             self._rejectTooLong(error)
             return
-        self._answer(messages)
+        if batch:
+            self._answerBatch(batch)
 
     def replyTo(self, messages: Sequence[bytes]) -> bytes:
         """
@@ -298,15 +299,20 @@ class EchoProtocol(Protocol):
         if self.factory is not None:
             self.factory.connectionClosed(self)
 
+    def _takeBatch(self, data: bytes) -> Sequence[bytes]:
+        # What one read completes, as the framing answers it best: here the
+        # list of complete messages.
+        return self._decoder.feed(data)
+
+    def _answerBatch(self, messages: Sequence[bytes]) -> None:
+        self._answer(messages)
+
     def _answer(self, messages: Sequence[bytes]) -> None:
         if messages:
             if self.logMessages:
                 self._logMessages(messages)
-            assert self.transport is not None
             # Batching: one write carries the replies to every message of this read.
-            reply = self.replyTo(messages)
-            self.bytesOut += len(reply)
-            self._send(reply)
+            self._send(self.replyTo(messages))
 
     def _send(self, data: bytes) -> None:
         # Hot path.  Twisted's write() always buffers and sends on the next
@@ -314,6 +320,7 @@ class EchoProtocol(Protocol):
         # plain TCP connection with nothing queued, send straight to the
         # socket, and queue through write() whatever it does not take, so
         # ordering, backpressure and closing work as usual.
+        self.bytesOut += len(data)
         transport = self.transport
         assert transport is not None
         if not self._direct or transport.dataBuffer or transport._tempDataLen or transport.disconnecting:
@@ -393,10 +400,8 @@ class RawEchoProtocol(EchoProtocol):
             return
         if self.logMessages:
             self._logMessages([data])
-        reply = data + self.suffix
         self.bytesIn += len(data)
-        self.bytesOut += len(reply)
-        self._send(reply)
+        self._send(data + self.suffix)
 
 
 class LineEchoProtocol(EchoProtocol):
@@ -408,25 +413,16 @@ class LineEchoProtocol(EchoProtocol):
 
     framing = "line"
 
-    def dataReceived(self, data: bytes) -> None:
-        # Hot path: the lines a read completes are taken and answered as one
-        # block, with C-level bytes operations and no Python call per line.
-        if self._closing:
-            self._drop(data)
-            return
-        self.bytesIn += len(data)
-        try:
-            block = self._decoder.feedBlock(data)  # type: ignore[union-attr]
-        except MessageTooLong as error:
-            self._answer(error.messages)
-            self._rejectTooLong(error)
-            return
-        if block:
-            if self.logMessages:
-                self._logMessages(block.split(b"\n")[:-1])
-            reply = self.replyToBlock(block)
-            self.bytesOut += len(reply)
-            self._send(reply)
+    # Hot path: the lines a read completes are taken and answered as one
+    # block, with C-level bytes operations and no Python call per line.
+
+    def _takeBatch(self, data: bytes) -> bytes:  # type: ignore[override]
+        return self._decoder.feedBlock(data)  # type: ignore[union-attr]
+
+    def _answerBatch(self, block: bytes) -> None:  # type: ignore[override]
+        if self.logMessages:
+            self._logMessages(block.split(b"\n")[:-1])
+        self._send(self.replyToBlock(block))
 
     def replyToBlock(self, block: bytes) -> bytes:
         """

@@ -97,7 +97,7 @@ class OptionsTests(SynchronousTestCase):
             ("--udp", "70000"): "out of range",
             ("--udp", "-1"): "out of range",
             ("--framing", "xml"): "unknown framing",
-            ("--max-length", "-5"): "--max-length: size must be at least 1",
+            ("--max-length", "-5"): "--max-length: must be at least 1, got -5",
             ("--max-length", "lots"): "--max-length: invalid size 'lots': expected a whole number",
             ("--listen", "tcp:notaport"): "invalid endpoint",
             ("--listen", "carrier-pigeon:1"): "invalid endpoint",
