@@ -412,9 +412,24 @@ async def runSession(reactor: Any, config: ClientOptions, interactive: bool) -> 
     except ClientFailed:
         raise
     except Exception as error:
-        raise ClientFailed(f"{address}: {_reason(error, config)}") from None
+        raise ClientFailed(f"{address}: {_reason(error, config)}{_framingHint(client, error, config)}") from None
     finally:
         await client.close()
+    if isinstance(client, EchoClient) and client.unexpected:
+        raise ClientFailed(
+            f"{address}: {client.unexpected} bytes arrived that answer no message; "
+            f"does the server's framing match --framing {config['framing']}?"
+        )
+
+
+def _framingHint(client: EchoClient | DatagramEchoClient, error: Exception, config: ClientOptions) -> str:
+    # A server in another framing waits for a delimiter that never comes, or
+    # closes on a "length" it cannot take: say what the likely cause is.
+    if not isinstance(client, EchoClient) or client.answered:
+        return ""
+    if isinstance(error, (ReplyTimeout, ConnectionDone, ConnectionLost)):
+        return f"; does the server's framing match --framing {config['framing']}?"
+    return ""
 
 
 async def _connect(reactor: Any, config: ClientOptions) -> EchoClient | DatagramEchoClient:

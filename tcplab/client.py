@@ -207,6 +207,10 @@ class EchoClient(Protocol):
     the connection is lost, every waiting request fails with the reason.
 
     @ivar framing: C{"raw"}, C{"line"} or C{"length"}.
+    @ivar answered: replies delivered so far.
+    @ivar unexpected: bytes received that answer no request (data when none
+        waits, or an incomplete reply at the end): a sign that the server's
+        framing is not C{framing}.
     """
 
     _log = Logger()
@@ -241,6 +245,8 @@ class EchoClient(Protocol):
         self._quietTimer: IDelayedCall | None = None
         self._closed: Failure | None = None
         self._lost = False
+        self.answered = 0
+        self.unexpected = 0
         self._disconnectWaiters: list[Deferred[None]] = []
 
     @classmethod
@@ -340,6 +346,7 @@ class EchoClient(Protocol):
             replies, dropped = self._decoder.finish()
             self._deliver(replies)
             if dropped:
+                self.unexpected += dropped
                 self._log.warn("{dropped} bytes of an incomplete reply dropped", dropped=dropped)
         self._replies.failAll(self._closed)
         self._lost = True
@@ -350,13 +357,16 @@ class EchoClient(Protocol):
     def _deliver(self, replies: list[bytes]) -> None:
         for reply in replies:
             if self._replies.head is None:
+                self.unexpected += len(reply)
                 self._log.warn("unexpected reply dropped: {reply!r}", reply=reply)
                 continue
+            self.answered += 1
             self._replies.complete(stripLineEnding(reply) if self.framing == "line" else reply)
 
     def _rawReceived(self, data: bytes) -> None:
         head = self._replies.head
         if head is None:
+            self.unexpected += len(data)
             self._log.warn("unexpected data dropped: {data!r}", data=data)
             return
         self._raw.append(data)
@@ -372,6 +382,7 @@ class EchoClient(Protocol):
         reply = b"".join(self._raw)
         self._raw = []
         self._rawLength = 0
+        self.answered += 1
         self._replies.complete(reply)
 
     def _write(self, data: bytes) -> None:

@@ -210,6 +210,18 @@ class LineClientTests(FramedClientTestsMixin, SynchronousTestCase):
 
     framing = "line"
 
+    def test_trailingBytesAreUnexpected(self) -> None:
+        """
+        A raw server's suffix after the newline (the framings do not match)
+        is left over at the end, and counted as unexpected.
+        """
+        client, transport, clock = alone("line")
+        reply = client.request(b"one")
+        client.dataReceived(b"one\nSB")
+        self.assertEqual(self.successResultOf(reply), b"one")
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((client.answered, client.unexpected), (1, 2))
+
     def test_crlfRepliesAreStripped(self) -> None:
         """
         A reply ended by C{\\r\\n} is delivered without the C{\\r}.
@@ -344,6 +356,19 @@ class RawClientTests(SynchronousTestCase):
         """
         client, transport, clock = alone("raw")
         self.failureResultOf(client.request(b""), ValueError)
+
+    def test_unexpectedBytesAreCounted(self) -> None:
+        """
+        Bytes that answer no request are counted in C{unexpected}, and
+        replies in C{answered}.
+        """
+        client, transport, clock = alone("raw")
+        client.dataReceived(b"stray")
+        reply = client.request(b"hi")
+        client.dataReceived(b"hiSB")
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(reply), b"hiSB")
+        self.assertEqual((client.answered, client.unexpected), (1, 5))
 
     def test_unexpectedDataIsDropped(self) -> None:
         """

@@ -458,6 +458,26 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
             f"cannot connect to unix:path={path}: No such file or directory",
         )
 
+    def test_framingMismatch(self) -> None:
+        """
+        A client whose framing is not the server's fails with a hint rather
+        than printing wrong replies or timing out in silence.
+        """
+        raw = self.server("--suffix", "SB")
+        line = self.server("--suffix", "SB", "--framing", "line")
+        self.assertFails(
+            run("-f", "line", "-m", "one", "127.0.0.1", str(raw.port)),
+            1,
+            "2 bytes arrived that answer no message",
+            "does the server's framing match --framing line?",
+        )
+        self.assertFails(
+            run("--timeout", "0.5", "-m", "hi", "127.0.0.1", str(line.port)),
+            1,
+            "no reply within 0.5 s",
+            "does the server's framing match --framing raw?",
+        )
+
     def test_outputCannotBeWritten(self) -> None:
         """
         Replies that cannot be written (standard output is a full device, or
