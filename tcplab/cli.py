@@ -150,10 +150,10 @@ def _checkEndpoint(description: str) -> None:
         ) from None
     except Exception as error:
         raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
-    # Twisted's TCP client endpoints keep their port unchecked until connecting.
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 < port <= 65535:
-        raise usage.UsageError(f"invalid endpoint {description!r}: port {port} is out of range (1-65535)")
+    try:
+        coerce.checkEndpointPort(endpoint, lowest=1)
+    except ValueError as error:
+        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
 
 
 def _checkMessage(framing: str, message: bytes) -> None:

@@ -118,6 +118,18 @@ def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def checkEndpointPort(endpoint: object, lowest: int = 0) -> None:
+    """
+    Twisted's TCP endpoints take any port number and fail only when they
+    listen or connect; check it when the endpoint is parsed.
+
+    @raise ValueError: if C{endpoint} has a port outside C{lowest}-65535.
+    """
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not lowest <= port <= 65535:
+        raise ValueError(f"port {port} is out of range ({lowest}-65535)")
+
+
 def _atLeast(minimum: int, text: str, what: str) -> int:
     value = _integer(text, what)
     if value < minimum:

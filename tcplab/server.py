@@ -495,7 +495,8 @@ class ServerStats(NamedTuple):
 
     def __str__(self) -> str:
         return (
-            f"served {self.served} connections ({self.refused} refused, {self.open} open); "
+            f"served {self.served} connection{'' if self.served == 1 else 's'} "
+            f"({self.refused} refused, {self.open} open); "
             f"{self.bytesIn} bytes in, {self.bytesOut} bytes out"
         )
 

@@ -114,7 +114,7 @@ def _checkEndpoint(description: str) -> None:
     # Parsing needs a reactor but must not install the global one before
     # twistd has chosen it; a memory reactor parses just as well.
     try:
-        serverFromString(MemoryReactor(), description)
+        coerce.checkEndpointPort(serverFromString(MemoryReactor(), description))
     except Exception as error:
         raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
 
@@ -143,6 +143,8 @@ class EchoService(MultiService):
         self._reactor = reactor
         self._descriptions: dict[IService, str] = {}
         self._signalled = False
+        #: The UDP echo, if there is one.
+        self.datagramEcho: DatagramEcho | None = None
 
     def addListener(self, description: str, service: IService) -> None:
         """
@@ -168,7 +170,10 @@ class EchoService(MultiService):
         return stopped.addCallback(self._logSummary)
 
     def _logSummary(self, stats: ServerStats) -> None:
-        self._log.info("tcplab stopped: {summary}", summary=str(stats))
+        summary = str(stats)
+        if self.datagramEcho is not None:
+            summary += f"; UDP: {self.datagramEcho.summary()}"
+        self._log.info("tcplab stopped: {summary}", summary=summary)
 
     def _handleSignals(self) -> None:
         # The reactor's own handlers make twist/twistd re-raise the signal
@@ -234,9 +239,10 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         endpoint = serverFromString(reactor, description)
         service.addListener(description, _Listener(endpoint, factory))
     if config["udp"] is not None:
+        service.datagramEcho = DatagramEcho(suffix=config["suffix"], logMessages=bool(config["log-messages"]))
         udp = UDPServer(
             config["udp"],
-            DatagramEcho(suffix=config["suffix"], logMessages=bool(config["log-messages"])),
+            service.datagramEcho,
             interface=config["udp-interface"],
             maxPacketSize=MAX_PACKET_SIZE,
             reactor=reactor,

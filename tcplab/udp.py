@@ -25,6 +25,10 @@ class DatagramEcho(DatagramProtocol):
     Listen with C{maxPacketSize=MAX_PACKET_SIZE} so that datagrams up to
     L{MAX_DATAGRAM} bytes echo whole.  A reply that cannot be sent (too long
     once the suffix is added, or refused by the network) is logged and dropped.
+
+    @ivar datagrams: datagrams received.
+    @ivar bytesIn: bytes received.
+    @ivar bytesOut: bytes of replies sent.
     """
 
     _log = Logger()
@@ -32,6 +36,18 @@ class DatagramEcho(DatagramProtocol):
     def __init__(self, suffix: bytes = b"", logMessages: bool = False) -> None:
         self.suffix = suffix
         self.logMessages = logMessages
+        self.datagrams = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    def summary(self) -> str:
+        """
+        @return: what this echo has done, in one line.
+        """
+        return (
+            f"{self.datagrams} datagram{'' if self.datagrams == 1 else 's'}; "
+            f"{self.bytesIn} bytes in, {self.bytesOut} bytes out"
+        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self.logMessages:
@@ -41,8 +57,12 @@ class DatagramEcho(DatagramProtocol):
                 text=datagram.decode("utf-8", "replace"),
             )
         assert self.transport is not None
+        self.datagrams += 1
+        self.bytesIn += len(datagram)
+        reply = datagram + self.suffix
         try:
-            self.transport.write(datagram + self.suffix, addr)
+            self.transport.write(reply, addr)
+            self.bytesOut += len(reply)
         except (MessageLengthError, OSError) as error:
             self._log.warn(
                 "reply of {size} bytes to {peer} dropped: {error}",

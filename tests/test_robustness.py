@@ -278,7 +278,7 @@ class GracefulShutdownTests(ServerProcessTestCase):
             self.assertEqual(readAll(sock), b"")
         self.assertEqual(self.server.wait(20), 0)
         output = self.server.log()
-        self.assertIn(f"tcplab stopped: served 1 connections (0 refused, 0 open); {len(data)} bytes in, {len(data)} bytes out", output)
+        self.assertIn(f"tcplab stopped: served 1 connection (0 refused, 0 open); {len(data)} bytes in, {len(data)} bytes out", output)
         self.assertNotIn("Traceback", output)
 
     def test_secondSignalAborts(self) -> None:
@@ -300,6 +300,6 @@ class GracefulShutdownTests(ServerProcessTestCase):
             self.assertEqual(self.server.wait(20), 0)
         output = self.server.log()
         self.assertIn("again: aborting open connections", output)
-        self.assertIn("tcplab stopped: served 1 connections", output)
+        self.assertIn("tcplab stopped: served 1 connection ", output)
         for bad in ("Traceback", "Unhandled", "#critical]", "#error]"):
             self.assertNotIn(bad, output)

@@ -10,6 +10,7 @@ import os
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +19,7 @@ from tcplab import defaults
 from tcplab.server import EchoServerFactory
 from tcplab.tap import Options, buildService
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
+from tests.test_udp import FakeDatagramTransport
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -39,7 +41,12 @@ class UDPMemoryReactor(MemoryReactor):
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
         self.udpPorts.append((port, protocol, interface, maxPacketSize))
-        return object()
+        return _StoppablePort()
+
+
+class _StoppablePort:
+    def stopListening(self) -> None:
+        pass
 
 
 class FailingReactor(MemoryReactor):
@@ -101,6 +108,7 @@ class OptionsTests(SynchronousTestCase):
             ("--max-length", "lots"): "--max-length: invalid size 'lots': expected a whole number",
             ("--listen", "tcp:notaport"): "invalid endpoint",
             ("--listen", "carrier-pigeon:1"): "invalid endpoint",
+            ("--listen", "tcp:99999"): "port 99999 is out of range (0-65535)",
             ("--framing", "length", "--suffix", "SB", "--max-length", str(2**32)): "at most",
         }
         for argv, expected in cases.items():
@@ -149,6 +157,26 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual((port, interface, maxPacketSize), (9000, "127.0.0.1", MAX_PACKET_SIZE))
         self.assertIsInstance(protocol, DatagramEcho)
         self.assertEqual(protocol.suffix, b"SB")
+
+    def test_summaryOnStop(self) -> None:
+        """
+        Stopping logs one summary line: TCP connections and bytes, and the
+        UDP echo's datagrams when there is one.
+        """
+        reactor = UDPMemoryReactor()
+        service = buildService(parse("--udp", "9000", "--suffix", "SB"), reactor)
+        service.startService()
+        [(_, protocol, _, _)] = reactor.udpPorts
+        protocol.transport = FakeDatagramTransport()
+        protocol.datagramReceived(b"hi", ("127.0.0.1", 5000))
+        with capturedLogs() as events:
+            self.successResultOf(service.stopService())
+        [summary] = [e["summary"] for e in events if "summary" in e]
+        self.assertEqual(
+            summary,
+            "served 0 connections (0 refused, 0 open); 0 bytes in, 0 bytes out; "
+            "UDP: 1 datagram; 2 bytes in, 4 bytes out",
+        )
 
     def test_onceStopsReactor(self) -> None:
         """
