@@ -70,7 +70,7 @@ class BenchOptions(coerce.CommandOptions):
     Options of C{tcplab bench}.
     """
 
-    synopsis = "[options] [HOST PORT]"
+    synopsis = "Usage: tcplab bench [options] [HOST PORT]"
     longdesc = (
         "Measure an echo server: open --connections connections to HOST PORT "
         f"(default {defaults.HOST} {defaults.PORT}) or to --connect ENDPOINT, keep "
@@ -112,16 +112,19 @@ class BenchOptions(coerce.CommandOptions):
         ["timeout", None, 10.0, "Give up after this many seconds connecting, or without a reply.", coerce.seconds],
     ]
 
-    def parseArgs(self, host: str | None = None, port: str | None = None) -> None:
+    def getSynopsis(self) -> str:
+        return self.synopsis
+
+    def parseArgs(self, host: str | None = None, port: str | None = None, *extra: str) -> None:
+        if extra:
+            raise usage.UsageError(f"unexpected argument {extra[0]!r}: give HOST and PORT, or neither")
         if host is not None and port is None:
             raise usage.UsageError("give both HOST and PORT, or neither")
         self["host"] = host
         try:
-            self["port"] = None if port is None else coerce.port(port)
+            self["port"] = None if port is None else coerce.remotePort(port)
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
-        if self["port"] == 0:
-            raise usage.UsageError("cannot connect to port 0")
 
     def postOptions(self) -> None:
         if self["connect"] is not None and self["host"] is not None:
@@ -134,6 +137,8 @@ class BenchOptions(coerce.CommandOptions):
             raise usage.UsageError(f"--size must be at most {MAX_SIZE} bytes")
         if self["timeout"] == 0:
             raise usage.UsageError("--timeout must be more than 0 seconds")
+        if self["duration"] == 0:
+            raise usage.UsageError("--duration must be more than 0 seconds")
         if self["processes"] > self["connections"]:
             raise usage.UsageError("--processes must not exceed --connections")
         self["suffix"] = coerce.utf8(self["suffix"])
@@ -805,7 +810,9 @@ def runBench(options: BenchOptions, out: IO[str] | None = None, err: IO[str] | N
         print(formatSummary(summary), file=out)
     problems = []
     if result.errors:
-        problems.append(f"{result.errors} wrong replies")
+        problems.append(
+            f"{result.errors} wrong replies (do --framing and --suffix match the server's?)"
+        )
     if result.unanswered:
         problems.append(f"{result.unanswered} unanswered messages")
     if result.failedConnections:

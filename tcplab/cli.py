@@ -31,7 +31,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcplab import __version__, coerce, defaults
+from tcplab import coerce, defaults
 from tcplab.address import formatAddress
 from tcplab.bench import BenchOptions, runBench
 from tcplab.client import DatagramEchoClient, EchoClient, ReplyTimeout
@@ -112,14 +112,14 @@ class ClientOptions(coerce.CommandOptions):
 
     opt_m = opt_message
 
-    def parseArgs(self, host: str | None = None, port: str | None = None) -> None:
+    def parseArgs(self, host: str | None = None, port: str | None = None, *extra: str) -> None:
+        if extra:
+            raise usage.UsageError(f"unexpected argument {extra[0]!r}: give at most HOST and PORT")
         self["host"] = host
         try:
-            self["port"] = defaults.PORT if port is None else coerce.port(port)
+            self["port"] = defaults.PORT if port is None else coerce.remotePort(port)
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
-        if port is not None and self["port"] == 0:
-            raise usage.UsageError("cannot connect to port 0")
 
     def postOptions(self) -> None:
         if self["connect"] is not None:
@@ -167,7 +167,8 @@ def _checkMessage(framing: str, message: bytes) -> None:
 
 class Options(usage.Options):
     """
-    Top-level options of the C{tcplab} command.
+    Top-level options of the C{tcplab} command (Twisted's parser: options
+    end at the command's name, and the rest is the command's).
     """
 
     synopsis = "Usage: tcplab [--version] [--help] COMMAND [options]"
@@ -180,12 +181,7 @@ class Options(usage.Options):
         ("bench", None, BenchOptions, "Measure an echo server: throughput, latency, errors."),
     ]
 
-    def opt_version(self) -> None:
-        """
-        Print the version and exit.
-        """
-        print(f"tcplab {__version__}")
-        raise SystemExit(EXIT_OK)
+    opt_version = coerce.CommandOptions.opt_version
 
     def postOptions(self) -> None:
         if self.subCommand is None:

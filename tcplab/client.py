@@ -89,12 +89,17 @@ class _Expected:
 class _ReplyQueue:
     """
     Requests waiting for their replies, oldest first, and the timer of the
-    oldest one: replies come back in the order the requests were sent.
+    oldest one: replies come back in the order the requests were sent, and
+    the requests' L{Deferred}s fire in that order too.
 
     Pipelined, every request goes out as soon as it is made.  One at a time
-    (raw streams, whose replies cannot be told apart, and datagrams, where a
-    lost one would shift every later reply onto the wrong request), a request
-    goes out once the one before it is answered.
+    (raw streams, whose replies cannot be told apart, and datagrams), a
+    request goes out once the one before it is answered.
+
+    When the oldest reply does not come in time, a stream is out of step for
+    good: every request fails and C{onTimeout} is told.  Datagrams are
+    independent (C{independent=True}): only the oldest request fails, and the
+    next one goes out.
     """
 
     def __init__(
@@ -104,12 +109,14 @@ class _ReplyQueue:
         onTimeout: Callable[[ReplyTimeout], None],
         send: Callable[[bytes], object],
         oneAtATime: bool = False,
+        independent: bool = False,
     ) -> None:
         self._clock = clock
         self._timeout = timeout
         self._onTimeout = onTimeout
         self._send = send
         self._oneAtATime = oneAtATime
+        self._independent = independent
         self._waiting: deque[_Expected] = deque()
         self._timer: IDelayedCall | None = None
 
@@ -132,28 +139,22 @@ class _ReplyQueue:
         expected = _Expected(data)
         if self._oneAtATime and self._waiting:
             self._waiting.append(expected)
-        elif self._transmit(expected):
+            return expected
+        failure = self._transmit(expected)
+        if failure is None:
             self._waiting.append(expected)
             if len(self._waiting) == 1:
                 self._startTimer()
+        else:
+            expected.deferred.errback(failure)
         return expected
 
     def complete(self, reply: bytes) -> None:
         """
-        The oldest request's reply is C{reply}: fire its L{Deferred} and start
-        timing the next one.
+        The oldest request's reply is C{reply}: fire its L{Deferred}, and
+        send and time the next one.
         """
-        expected = self._waiting.popleft()
-        self._stopTimer()
-        if self._oneAtATime:
-            # The next request goes out before this reply's callbacks run,
-            # so that a request they make waits its turn behind it.
-            while self._waiting and not self._transmit(self._waiting[0]):
-                self._waiting.popleft()
-        if self._waiting:
-            self._startTimer()
-        if not expected.deferred.called:
-            expected.deferred.callback(reply)
+        self._finishHead(reply)
 
     def failAll(self, reason: Failure) -> None:
         """
@@ -165,13 +166,34 @@ class _ReplyQueue:
             if not expected.deferred.called:
                 expected.deferred.errback(reason)
 
-    def _transmit(self, expected: _Expected) -> bool:
+    def _finishHead(self, result: bytes | Failure) -> None:
+        expected = self._waiting.popleft()
+        self._stopTimer()
+        unsent: list[tuple[_Expected, Failure]] = []
+        if self._oneAtATime:
+            # The next request goes out before this reply's callbacks run,
+            # so that a request they make waits its turn behind it.
+            while self._waiting:
+                failure = self._transmit(self._waiting[0])
+                if failure is None:
+                    break
+                unsent.append((self._waiting.popleft(), failure))
+        if self._waiting:
+            self._startTimer()
+        # In order: this request, then any that could not be sent after it.
+        for done, outcome in [(expected, result), *unsent]:
+            if not done.deferred.called:
+                if isinstance(outcome, Failure):
+                    done.deferred.errback(outcome)
+                else:
+                    done.deferred.callback(outcome)
+
+    def _transmit(self, expected: _Expected) -> Failure | None:
         try:
             self._send(expected.data)
         except Exception:
-            expected.deferred.errback(Failure())
-            return False
-        return True
+            return Failure()
+        return None
 
     def _startTimer(self) -> None:
         if self._timeout is not None:
@@ -186,6 +208,9 @@ class _ReplyQueue:
     def _timedOut(self) -> None:
         self._timer = None
         error = ReplyTimeout(self._timeout or 0)
+        if self._independent:
+            self._finishHead(Failure(error))
+            return
         self.failAll(Failure(error))
         self._onTimeout(error)
 
@@ -408,8 +433,10 @@ class EchoClient(Protocol):
 class DatagramEchoClient(DatagramProtocol):
     """
     Send each request as one datagram to an echo server, one at a time: the
-    next datagram goes out once the previous one is answered, so that a lost
-    datagram fails its own request instead of shifting every later reply.
+    next datagram goes out once the previous one is answered or has timed
+    out.  A datagram answers the request in flight only if it starts with
+    that request (an echo's reply does), so a lost datagram fails only its own
+    request, and a late reply is dropped rather than taken for a later one.
 
     UDP gives no end of stream: a reply that does not arrive within
     C{timeout} seconds fails with L{ReplyTimeout}, and so does every request
@@ -420,7 +447,9 @@ class DatagramEchoClient(DatagramProtocol):
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, timeout: float | None = defaults.CLIENT_TIMEOUT) -> None:
-        self._replies = _ReplyQueue(clock, timeout, lambda error: None, self._write, oneAtATime=True)
+        self._replies = _ReplyQueue(
+            clock, timeout, lambda error: None, self._write, oneAtATime=True, independent=True
+        )
         self._closing = False
         self._closeReason: Failure = Failure(ConnectionDone("not connected"))
         self._port: Any = None
@@ -482,10 +511,11 @@ class DatagramEchoClient(DatagramProtocol):
         return maybeDeferred(lambda: stopping).addCallback(lambda _: None)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if self._replies.head is None:
-            self._log.warn(
-                "unexpected datagram from {peer} dropped", peer=formatAddress(addr)
-            )
+        head = self._replies.head
+        # An echo's reply starts with the request: anything else (such as a
+        # late reply to a request that timed out) answers no waiting request.
+        if head is None or not datagram.startswith(head.data):
+            self._log.warn("unexpected datagram from {peer} dropped", peer=formatAddress(addr))
             return
         self._replies.complete(datagram)
 

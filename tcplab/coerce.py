@@ -34,6 +34,15 @@ class CommandOptions(usage.Options):
             if type(handler) is usage.CoerceParameter:
                 self._dispatch[name] = _NamedCoerceParameter(self, handler.coerce)
 
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        from tcplab import __version__
+
+        print(f"tcplab {__version__}")
+        raise SystemExit(0)
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         options = list(sys.argv[1:] if options is None else options)
         try:
@@ -66,6 +75,16 @@ def port(text: str) -> int:
     value = _integer(text, "port")
     if not 0 <= value <= 65535:
         raise ValueError(f"port {value} is out of range (0-65535)")
+    return value
+
+
+def remotePort(text: str) -> int:
+    """
+    @return: a port number to connect to, from 1 to 65535.
+    """
+    value = port(text)
+    if value == 0:
+        raise ValueError("cannot connect to port 0")
     return value
 
 

@@ -39,12 +39,9 @@ DRAIN_QUIET = 0.25
 #: Seconds a closing connection gets to deliver its last replies before it is aborted.
 CLOSE_TIMEOUT = 10.0
 
-#: Seconds a connection the server turns away (over a limit, or after an
-#: overlong message) gets to read its error line before it is aborted.
+#: Seconds a connection the server turns away (over a connection limit) gets
+#: to read its error line before it is aborted.
 REFUSE_TIMEOUT = 1.0
-
-#: Bytes a closing connection may still receive (and drop) before it is aborted.
-CLOSING_DROP_LIMIT = 65536
 
 #: How long the client waits, in seconds, to connect and for each reply.
 CLIENT_TIMEOUT = 10.0

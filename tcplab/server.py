@@ -57,8 +57,8 @@ class EchoProtocol(Protocol):
         reply is flushed, and whatever the peer still sends is read and
         dropped until it closes, so that no reset destroys replies in flight;
         a peer that never closes is aborted after C{closeTimeout} seconds
-        (C{refuseTimeout} for a connection turned away), and one that sends
-        more than C{closingDropLimit} bytes meanwhile at once.
+        (C{refuseTimeout} for a connection turned away by a limit, which was
+        sent nothing but its notice).
 
     A subclass names its C{framing} and builds the replies in L{replyTo}.
 
@@ -73,7 +73,6 @@ class EchoProtocol(Protocol):
     framing = "raw"
     closeTimeout = defaults.CLOSE_TIMEOUT
     refuseTimeout = defaults.REFUSE_TIMEOUT
-    closingDropLimit = defaults.CLOSING_DROP_LIMIT
     drainQuiet = defaults.DRAIN_QUIET
     factory: EchoServerFactory | None = None
     _log = Logger()
@@ -98,7 +97,6 @@ class EchoProtocol(Protocol):
         self._paused = False
         self._timer: IDelayedCall | None = None
         self._refusal: str | None = None
-        self._dropped = 0
         # Times the transport resumed reading: its write buffer drained, so
         # replies are flowing out even when nothing comes in.
         self._resumes = 0
@@ -125,7 +123,8 @@ class EchoProtocol(Protocol):
         self.transport.registerProducer(self, True)
         if self._refusal is not None:
             self._log.info("refused {peer}: {reason}", peer=self.peer, reason=self._refusal)
-            self._closeWith(self._refusal)
+            # Nothing but the notice is in flight: a moment to read it is enough.
+            self._closeWith(self._refusal, self.refuseTimeout)
             return
         self._log.info("connection from {peer}", peer=self.peer)
         if self.factory is not None:
@@ -133,7 +132,8 @@ class EchoProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
-            self._drop(data)
+            # Read only so that the kernel does not reset the connection
+            # under our last replies.
             return
         self.bytesIn += len(data)
         try:
@@ -337,14 +337,6 @@ class EchoProtocol(Protocol):
         if sent < len(data):
             transport.write(data[sent:])
 
-    def _drop(self, data: bytes) -> None:
-        # Input after our close is read only so that the kernel does not
-        # reset the connection under our last replies; a peer that keeps
-        # sending gets no more of our time.
-        self._dropped += len(data)
-        if self._dropped > self.closingDropLimit and self.transport is not None:
-            self.abort()
-
     def _abortLater(self, timeout: float | None = None) -> None:
         self._stopTimer()
         if self.clock is not None:
@@ -375,14 +367,14 @@ class EchoProtocol(Protocol):
         )
         self._closeWith(f"line longer than {error.maxLength} bytes; closing")
 
-    def _closeWith(self, text: str) -> None:
-        # Turned away: the peer gets the notice (if the framing has one) and
-        # a moment to read it, then the connection goes.
+    def _closeWith(self, text: str, timeout: float | None = None) -> None:
+        # The peer is told why (if the framing has room), after every reply
+        # already written, then the connection closes (see close).
         notice = self.notice(text)
         if notice:
             assert self.transport is not None
             self.transport.write(notice)
-        self.close(self.refuseTimeout)
+        self.close(timeout)
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -396,7 +388,6 @@ class RawEchoProtocol(EchoProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Hot path: each read is answered by exactly one write.
         if self._closing:
-            self._drop(data)
             return
         if self.logMessages:
             self._logMessages([data])

@@ -248,7 +248,7 @@ class BenchRunTests(TestCase):
         )
         summary = json.loads(out)
         self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
-        self.assertEqual(err, "tcplab bench: 1 wrong replies\n")
+        self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
 
     async def test_refused(self) -> None:
         """
@@ -307,6 +307,8 @@ class BenchOptionsTests(SynchronousTestCase):
             (["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"], "not both"),
             (["127.0.0.1", "70000"], "out of range"),
             (["127.0.0.1", "0"], "port 0"),
+            (["-d", "0"], "--duration must be more than 0"),
+            (["127.0.0.1", "1", "extra"], "unexpected argument 'extra'"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *argv)
             self.assertIn(expected, str(error), argv)

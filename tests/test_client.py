@@ -602,15 +602,35 @@ class DatagramEchoClientTests(SynchronousTestCase):
 
     def test_lostDatagramFailsItsOwnRequest(self) -> None:
         """
-        A datagram that is never answered fails with L{ReplyTimeout}; the
-        requests queued behind it were never sent, so no reply can be taken
-        for the wrong one.
+        A datagram that is never answered fails alone with L{ReplyTimeout};
+        the next request is sent then, and a late reply to the lost one is
+        dropped rather than taken for the next one's.
         """
         first, second = self.client.request(b"a"), self.client.request(b"b")
         self.clock.advance(5)
         self.failureResultOf(first, ReplyTimeout)
-        self.failureResultOf(second, ReplyTimeout)
-        self.assertEqual(self.transport.written, [b"a"])
+        self.assertEqual(self.transport.written, [b"a", b"b"])
+        self.client.datagramReceived(b"aSB", ("127.0.0.1", 8081))
+        self.assertNoResult(second)
+        self.client.datagramReceived(b"bSB", ("127.0.0.1", 8081))
+        self.assertEqual(self.successResultOf(second), b"bSB")
+
+    def test_repliesFireInOrder(self) -> None:
+        """
+        When the request after a reply cannot be sent, the reply still fires
+        first, then that request's failure.
+        """
+        fired: list[object] = []
+        first, second = self.client.request(b"a"), self.client.request(b"b")
+        first.addBoth(fired.append)
+        second.addErrback(lambda failure: fired.append(failure.type))
+
+        def refuse(datagram: bytes) -> None:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+
+        self.transport.write = refuse  # type: ignore[method-assign]
+        self.client.datagramReceived(b"a", ("127.0.0.1", 8081))
+        self.assertEqual(fired, [b"a", OSError])
 
     def test_sendErrorFailsTheRequest(self) -> None:
         """

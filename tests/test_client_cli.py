@@ -22,7 +22,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcplab import EchoClient
+from tcplab import EchoClient, __version__
 from tcplab.cli import ClientOptions, ConsoleProtocol, OutputError, ReplyPrinter
 from tcplab.client import ReplyTimeout
 from tcplab.server import EchoServerFactory
@@ -96,6 +96,7 @@ class ClientOptionsTests(SynchronousTestCase):
             (["--udp", "--connect", "tcp:host=a:port=1"], "--udp"),
             (["--connect", "nonsense:x"], "invalid endpoint"),
             (["--connect", "tcp:host=127.0.0.1:port=70000"], "port 70000 is out of range"),
+            (["localhost", "1", "extra"], "unexpected argument 'extra'"),
             (["--timeout", "soon"], "--timeout: invalid duration"),
             (["-m", ""], "empty"),
             (["--framing", "line", "-m", "a\nb"], "newline"),
@@ -559,6 +560,8 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         result = run("--help")
         self.assertEqual(result.returncode, 0)
         self.assertIn(b"Usage: tcplab client [options] [HOST] [PORT]", result.stdout)
+        version = run("--version")
+        self.assertEqual((version.returncode, version.stdout.decode()), (0, f"tcplab {__version__}\n"))
 
 
 class SeedServerTests(CommandTestsMixin, SynchronousTestCase):

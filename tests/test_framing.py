@@ -246,15 +246,26 @@ class SizeLimitPropertyTests(SynchronousTestCase):
         self.assertEqual(error is None, len(allowed) == len(messages))
         self.assertLessEqual(held, maxLength + 4)
 
-    @given(lines, st.integers(min_value=1, max_value=30), cuts)
-    def test_line(self, messages: list[bytes], maxLength: int, offsets: list[int]) -> None:
+    @given(
+        st.lists(st.tuples(st.binary(max_size=40), st.sampled_from([b"\n", b"\r\n"])), max_size=20),
+        st.integers(min_value=1, max_value=30),
+        cuts,
+    )
+    def test_line(self, pairs: list[tuple[bytes, bytes]], maxLength: int, offsets: list[int]) -> None:
         """
-        Line framing (a C{\\r} before the C{\\n} is part of the ending).
+        Line framing, with C{\\n} and C{\\r\\n} endings: the C{\\r} of a
+        C{\\r\\n} belongs to the ending (the decoder leaves it on the line),
+        so it never counts against C{maxLength}.
         """
-        messages = [message.rstrip(b"\r") for message in messages]
-        stream = b"".join(message + b"\n" for message in messages)
+        # Only a \r\n ending lets a message end in \r ("a\r" + "\n" would read as "a" + "\r\n").
+        pairs = [
+            (message.replace(b"\n", b"").rstrip(b"\r") if ending == b"\n" else message.replace(b"\n", b""), ending)
+            for message, ending in pairs
+        ]
+        stream = b"".join(message + ending for message, ending in pairs)
         decoded, error, held = decodeUntilTooLong(LineDecoder(maxLength), cutAt(stream, offsets))
-        allowed = untilTooLong(messages, maxLength)
-        self.assertEqual(decoded, allowed)
-        self.assertEqual(error is None, len(allowed) == len(messages))
+        allowed = untilTooLong([message for message, _ in pairs], maxLength)
+        self.assertEqual([stripLineEnding(line) for line in decoded], allowed)
+        self.assertEqual(decoded, [message + ending[:-1] for message, ending in pairs[: len(allowed)]])
+        self.assertEqual(error is None, len(allowed) == len(pairs))
         self.assertLessEqual(held, maxLength + 1)

@@ -159,21 +159,24 @@ class CloseTests(SynchronousTestCase):
         protocol.readConnectionLost()
         self.assertTrue(transport.disconnecting)
 
-    def test_inputAfterCloseIsBounded(self) -> None:
+    def test_tooLongKeepsItsRepliesInFlight(self) -> None:
         """
-        A peer that keeps sending after the close is dropped up to
-        C{closingDropLimit} bytes, then aborted.
+        After an overlong line, the replies to the lines before it may still
+        be on their way to a peer that has not read them: the connection
+        lingers for the full C{closeTimeout}, reading and dropping whatever
+        the peer sends meanwhile, not the short C{refuseTimeout}.
         """
         clock = Clock()
-        protocol, transport = connect(EchoServerFactory(reactor=clock), transportType=HalfCloseableTransport)
-        protocol.close()
-        chunk = b"x" * 4096
-        for _ in range(EchoProtocol.closingDropLimit // len(chunk)):
-            protocol.dataReceived(chunk)
+        factory = EchoServerFactory(framing="line", maxLength=4, reactor=clock)
+        protocol, transport = connect(factory, transportType=HalfCloseableTransport)
+        protocol.dataReceived(b"ok\n" * 1000 + b"toolong\n")
+        for _ in range(100):
+            protocol.dataReceived(b"more pipelined input\n" * 100)
+        clock.advance(EchoProtocol.closeTimeout - 1)
         self.assertFalse(transport.disconnected)
-        protocol.dataReceived(b"x")
+        self.assertEqual(transport.value(), b"ok\n" * 1000 + b"error: line longer than 4 bytes; closing\n")
+        clock.advance(1)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(transport.value(), b"")
 
     def test_abortAfterCloseTimeout(self) -> None:
         """
