@@ -715,7 +715,8 @@ def formatSummary(summary: dict[str, Any]) -> str:
             + (f", suffix {summary['suffix']!r}" if summary["suffix"] else ""),
             f"messages      {summary['messages']:,} in {summary['seconds']:.2f} s",
             f"throughput    {summary['messagesPerSecond']:,.0f} messages/s, "
-            f"{summary['megabytesPerSecond']:,.2f} MB/s",
+            f"{summary['megabytesPerSecond']:,.2f} MB/s"
+            + (" (counted from bytes: with wrong replies, not meaningful)" if summary["errors"] else ""),
             f"latency       p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  "
             f"p99 {ms(latency['p99'])}  max {ms(latency['max'])}",
             f"errors        {summary['errors']} wrong replies, {summary['unanswered']} unanswered",

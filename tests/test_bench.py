@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcplab.bench import BenchOptions, BenchResult, LoadPlan, parseEndpoint, runBench
+from tcplab.bench import BenchOptions, BenchResult, LoadPlan, formatSummary, parseEndpoint, runBench
 from tcplab.server import EchoServerFactory
 
 SUMMARY_FIELDS = {
@@ -248,6 +248,7 @@ class BenchRunTests(TestCase):
         )
         summary = json.loads(out)
         self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
+        self.assertIn("not meaningful", formatSummary(summary))
         self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
 
     async def test_refused(self) -> None:
