@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import lru_cache
+from operator import itemgetter
 
 from tcplab import defaults
 
@@ -213,12 +215,17 @@ class LengthPrefixDecoder:
 
     A header announcing more than C{maxLength} bytes is rejected as soon as it
     arrives; the payload it announces is never buffered.
+
+    @ivar uniformLength: the payload length of every frame that the last
+        L{feed} returned, when they were all one run of equal-length frames
+        (then one header fits them all); L{None} otherwise.
     """
 
-    __slots__ = ("maxLength", "_pending", "_pendingLength", "_needed")
+    __slots__ = ("maxLength", "uniformLength", "_pending", "_pendingLength", "_needed")
 
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
+        self.uniformLength: int | None = None
         self._pending: list[bytes] = []
         self._pendingLength = 0
         # How many buffered bytes the next frame (header or header + payload) needs.
@@ -231,6 +238,7 @@ class LengthPrefixDecoder:
         @return: the payloads of the frames completed by C{data}, in order.
         @raise MessageTooLong: if a header announces more than C{maxLength}.
         """
+        self.uniformLength = None
         if self._pendingLength + len(data) < self._needed:
             if data:
                 self._pending.append(data)
@@ -239,14 +247,30 @@ class LengthPrefixDecoder:
         if self._pending:
             self._pending.append(data)
             data = b"".join(self._pending)
-        # Hot path: one pass over the frames that only slices them out, with
-        # everything it uses local; the size checks come after, at C speed.
-        # A header announcing more than there is makes a short last slice
-        # (never a large buffer) and ends the pass.
         messages: list[bytes] = []
-        append, unpack = messages.append, HEADER.unpack_from
+        unpack = HEADER.unpack_from
         offset, start, end = 0, 0, len(data)
         last = end - 4
+        # Fast path: frames of one length (fixed-size records) tile the data
+        # at a fixed stride, so a run of them is checked and cut at C speed:
+        # every 4-byte header of the run must equal the first one.
+        # (Mixed lengths are turned away by the second header, at once.)
+        length = unpack(data)[0]
+        stride = length + 4
+        count = end // stride
+        header = data[:4]
+        if count >= _MIN_RUN and length <= self.maxLength and data[stride : stride + 4] == header:
+            run = data[: count * stride]
+            if all(run[i::stride] == header[i : i + 1] * count for i in range(4)):
+                messages = list(map(_first, _runOf(length).iter_unpack(run)))
+                offset = count * stride
+                self.uniformLength = length
+        # Hot path otherwise: one pass over the frames that only slices them
+        # out, with everything it uses local; the size checks come after, at
+        # C speed.  A header announcing more than there is makes a short last
+        # slice (never a large buffer) and ends the pass.
+        ran = len(messages)
+        append = messages.append
         while offset <= last:
             start = offset + 4
             offset = start + unpack(data, offset)[0]
@@ -255,6 +279,9 @@ class LengthPrefixDecoder:
             # The last frame is incomplete: keep it, header and all, for later.
             messages.pop()
             offset = start - 4
+        if len(messages) != ran:
+            # The pass cut frames of other lengths after the run.
+            self.uniformLength = None
         maxLength = self.maxLength
         # Cheap bound first: only look at each frame when one could be too long.
         if end - 4 * len(messages) > maxLength:
@@ -281,6 +308,18 @@ class LengthPrefixDecoder:
         self._pendingLength = 0
         self._needed = 4
         return [], dropped
+
+
+#: The fewest equal-length frames worth the length decoder's fast path.
+_MIN_RUN = 4
+
+_first = itemgetter(0)
+
+
+@lru_cache(maxsize=64)
+def _runOf(length: int) -> struct.Struct:
+    # One frame of a run: its header skipped, its payload taken.
+    return struct.Struct(f"4x{length}s")
 
 
 Decoder = RawDecoder | LineDecoder | LengthPrefixDecoder

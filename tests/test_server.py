@@ -193,6 +193,19 @@ class LengthEchoTests(SynchronousTestCase):
         protocol.dataReceived(frame("你好".encode()))
         self.assertEqual(transport.value(), frame("你好SB".encode()))
 
+    def test_fixedSizeRecords(self) -> None:
+        """
+        A read of equal-length frames is answered in one write, frame by
+        frame, with or without logging.
+        """
+        for logMessages in (False, True):
+            protocol, transport = connect(serverFactory(framing="length", suffix=b"SB", logMessages=logMessages))
+            with capturedLogs() as events:
+                protocol.dataReceived(frame(b"abc") * 5 + frame(b"xyz")[:5])
+                protocol.dataReceived(frame(b"xyz")[5:])
+            self.assertEqual(transport.value(), frame(b"abcSB") * 5 + frame(b"xyzSB"))
+            self.assertEqual(len([e for e in events if "text" in e]), 6 if logMessages else 0)
+
     def test_headerTooLong(self) -> None:
         """
         A header over the limit closes the connection at once, after answering
@@ -203,7 +216,11 @@ class LengthEchoTests(SynchronousTestCase):
         self.assertEqual(transport.value(), frame(b"ok"))
         self.assertTrue(transport.disconnecting)
 
-    @given(st.lists(st.binary(max_size=200), max_size=15), suffixes, cuts)
+    @given(
+        st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"abc", b"abc", b"xyz", b""])), max_size=30),
+        suffixes,
+        cuts,
+    )
     def test_anyChunking(self, payloads: list[bytes], suffix: bytes, offsets: list[int]) -> None:
         """
         However the stream is cut, every frame is answered exactly once, in order.
