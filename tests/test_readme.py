@@ -113,6 +113,18 @@ class ReadmeTests(SynchronousTestCase):
         [library] = [block for block in blocks("python") if "EchoClient" in block]
         self.assertIn(library, docs)
 
+    def test_framingCostScript(self) -> None:
+        """
+        The in-process cost script of docs/performance.md runs and prints
+        its table.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.framing_cost", "--reads", "5"],
+            capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("tcplab length+SB vs Int32StringReceiver+SB | 16-111 B mixed", result.stdout)
+
     def test_measuringCommands(self) -> None:
         """
         The measuring commands parse: C{tcplab bench} with its options, and the
