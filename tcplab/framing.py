@@ -258,10 +258,10 @@ class LengthPrefixDecoder:
         length = unpack(data)[0]
         stride = length + 4
         count = end // stride
-        header = data[:4]
-        if count >= _MIN_RUN and length <= self.maxLength and data[stride : stride + 4] == header:
+        first = data[:4]
+        if count >= _MIN_RUN and length <= self.maxLength and data[stride : stride + 4] == first:
             run = data[: count * stride]
-            if all(run[i::stride] == header[i : i + 1] * count for i in range(4)):
+            if all(run[i::stride] == first[i : i + 1] * count for i in range(4)):
                 messages = list(map(_first, _runOf(length).iter_unpack(run)))
                 offset = count * stride
                 self.uniformLength = length
