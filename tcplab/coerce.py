@@ -3,7 +3,8 @@ Command-line values, shared by the twistd plugin and the C{tcplab} command.
 
 Each check takes the text given and returns the value in its final type, or
 raises L{ValueError} with a message naming what was expected.
-L{InterspersedOptions} lets options follow the positional arguments.
+L{CommandOptions} lets options follow the positional arguments and names
+the option whose value is wrong.
 """
 
 from __future__ import annotations

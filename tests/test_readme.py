@@ -113,6 +113,24 @@ class ReadmeTests(SynchronousTestCase):
         [library] = [block for block in blocks("python") if "EchoClient" in block]
         self.assertIn(library, docs)
 
+    def test_performanceCommands(self) -> None:
+        """
+        Every command that docs/performance.md shows is a module that runs
+        and describes itself.
+        """
+        performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+        modules = re.findall(r"^    \.venv/bin/python -m (\S+)", performance, re.MULTILINE)
+        self.assertEqual(
+            sorted(set(modules)),
+            ["benchmarks.compare_twisted", "benchmarks.framing_cost", "benchmarks.run_all", "tests.stress.stress"],
+        )
+        for module in set(modules):
+            result = subprocess.run(
+                [sys.executable, "-m", module, "--help"],
+                capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, (module, result.stderr))
+
     def test_framingCostScript(self) -> None:
         """
         The in-process cost script of docs/performance.md runs and prints
