@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcplab.bench import BenchOptions, BenchResult, LoadPlan, formatSummary, parseEndpoint, runBench
+from tcplab.bench import RECV_SIZE, BenchOptions, BenchResult, LoadPlan, formatSummary, parseEndpoint, runBench
 from tcplab.server import EchoServerFactory
 
 SUMMARY_FIELDS = {
@@ -250,6 +250,25 @@ class BenchRunTests(TestCase):
         self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
         self.assertIn("not meaningful", formatSummary(summary))
         self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
+
+    async def test_messagesLongerThanARead(self) -> None:
+        """
+        Messages longer than the generator's read buffer are checked across
+        reads: clean replies count no error, and one wrong byte far into the
+        stream (in a later read than the first) counts as one.
+        """
+        size = str(RECV_SIZE + RECV_SIZE // 2)
+        port = self.listen(EchoServerFactory(framing="length", maxLength=2 * RECV_SIZE))
+        code, out, err = await self.bench("--json", "-f", "length", "-s", size, "-c", "2", "-n", "6", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, err, summary["messages"], summary["errors"]), (0, "", 6, 0))
+
+        corrupting = Factory.forProtocol(CorruptingEcho)
+        self.patch(CorruptingEcho, "corruptAt", 2 * RECV_SIZE + 7)
+        port = self.listen(corrupting)
+        code, out, err = await self.bench("--json", "-f", "raw", "-s", size, "-c", "1", "-n", "3", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, summary["messages"], summary["errors"]), (1, 3, 1))
 
     async def test_refused(self) -> None:
         """
