@@ -17,7 +17,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcplab.bench import RECV_SIZE, BenchOptions, BenchResult, LoadPlan, formatSummary, parseEndpoint, runBench
+from tcplab.bench import (
+    RECV_SIZE,
+    BenchOptions,
+    BenchResult,
+    LoadPlan,
+    formatSummary,
+    parseEndpoint,
+    runBench,
+)
 from tcplab.server import EchoServerFactory
 
 SUMMARY_FIELDS = {
