@@ -45,8 +45,9 @@ from tcplab import coerce, defaults
 from tcplab.framing import encode
 
 #: Bytes asked of the kernel per read.  Reads go into one buffer allocated
-#: once: a C{recv} of this size would allocate (and, above glibc's 128 KiB
-#: mmap threshold, map and unmap) a new buffer per call, about 10 us each.
+#: once: a C{recv} of this size allocates a new buffer per call, above glibc's
+#: 128 KiB mmap threshold, and under load that cost a page fault every two
+#: reads (see docs/performance.md).
 RECV_SIZE = 256 * 1024
 
 #: Bytes handed to the kernel per C{send}, at most.
