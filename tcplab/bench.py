@@ -530,22 +530,22 @@ def runLoad(
                 if not mask & (readable | closedMask):
                     continue
                 try:
-                    length = conn.sock.recv_into(readBuffer)
+                    got = conn.sock.recv_into(readBuffer)
                 except BlockingIOError:
                     continue
                 except OSError as error:
                     close(fd, conn, f"connection lost: {error.strerror or error}")
                     continue
-                if not length:
+                if not got:
                     close(fd, conn, None)
                     continue
                 # Hot path: one C-level comparison, without a copy, checks
                 # every byte of this read.
-                data = readBuffer[:length]
+                data = readBuffer[:got]
                 if not expected.startswith(data, conn.received % replyPeriod):
                     result.errors += _countWrong(plan, conn, bytes(data))
                 before = conn.received // replyLength
-                conn.received += length
+                conn.received += got
                 done = conn.received // replyLength
                 if done > before:
                     lastReply = now
