@@ -592,20 +592,25 @@ def _recordLatency(conn: _Connection, done: int, now: float, latencies: dict[int
 
 
 def _countWrong(plan: LoadPlan, conn: _Connection, data: bytes) -> int:
-    # Slow path, only for a read that does not match: count the replies that
-    # differ, each once even when it spans two reads.
+    # Slow path, only for a read that does not match: count the requested
+    # replies that differ, each once even when it spans two reads.  Bytes past
+    # the last requested reply spoil that reply, so that a connection never
+    # counts more wrong replies than it asked for.
     replyLength, first = plan.replyLength, conn.received
     last = first + len(data)
     wrong = 0
     limit = conn.assigned * replyLength
+    lastRequested = max(conn.assigned - 1, 0)
     for index in range(first // replyLength, (last - 1) // replyLength + 1):
         begin = max(index * replyLength, first)
         end = min((index + 1) * replyLength, last)
         got = data[begin - first : end - first]
         extra = end > limit
-        if (extra or got != plan.expectedAt(begin, end - begin)) and index > conn.lastWrong:
-            wrong += 1
-            conn.lastWrong = index
+        if extra or got != plan.expectedAt(begin, end - begin):
+            index = min(index, lastRequested)
+            if index > conn.lastWrong:
+                wrong += 1
+                conn.lastWrong = index
     return wrong
 
 

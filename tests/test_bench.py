@@ -259,6 +259,18 @@ class BenchRunTests(TestCase):
         self.assertIn("not meaningful", formatSummary(summary))
         self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
 
+    async def test_wrongSuffixCountsEveryReplyOnce(self) -> None:
+        """
+        Against a server whose replies are longer than expected (a suffix
+        the generator was not told of), every reply is wrong, and no more
+        wrong replies are counted than messages were sent.
+        """
+        port = self.listen(EchoServerFactory(framing="line", suffix=b"SB"))
+        code, out, err = await self.bench("--json", "-f", "line", "-c", "2", "-k", "5", "-n", "40", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, summary["messages"], summary["errors"]), (1, 40, 40))
+        self.assertEqual(err, "tcplab bench: 40 wrong replies (do --framing and --suffix match the server's?)\n")
+
     async def test_messagesLongerThanARead(self) -> None:
         """
         Messages longer than the generator's read buffer are checked across
