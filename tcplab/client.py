@@ -149,12 +149,6 @@ class _ReplyQueue:
             expected.deferred.errback(failure)
         return expected
 
-    def complete(self, reply: bytes) -> None:
-        """
-        The oldest request's reply is C{reply}: fire its L{Deferred}, and
-        send and time the next one.
-        """
-        self._finishHead(reply)
 
     def failAll(self, reason: Failure) -> None:
         """
@@ -166,7 +160,12 @@ class _ReplyQueue:
             if not expected.deferred.called:
                 expected.deferred.errback(reason)
 
-    def _finishHead(self, result: bytes | Failure) -> None:
+    def complete(self, result: bytes | Failure) -> None:
+        """
+        The oldest request is done: fire its L{Deferred} with C{result} (its
+        reply, or the L{Failure} of a datagram that timed out), and send and
+        time the next one.
+        """
         expected = self._waiting.popleft()
         self._stopTimer()
         unsent: list[tuple[_Expected, Failure]] = []
@@ -209,7 +208,7 @@ class _ReplyQueue:
         self._timer = None
         error = ReplyTimeout(self._timeout or 0)
         if self._independent:
-            self._finishHead(Failure(error))
+            self.complete(Failure(error))
             return
         self.failAll(Failure(error))
         self._onTimeout(error)

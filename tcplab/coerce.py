@@ -62,7 +62,7 @@ class CommandOptions(usage.Options):
 class _NamedCoerceParameter(usage.CoerceParameter):
     def dispatch(self, parameterName: str, value: str | None) -> None:
         if value is None:
-            super().dispatch(parameterName, value)  # "requires an argument"
+            return super().dispatch(parameterName, value)  # raises "requires an argument"
         try:
             self.options.opts[parameterName] = self.coerce(value)
         except ValueError as error:

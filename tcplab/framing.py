@@ -41,16 +41,15 @@ class _Headers(dict[int, bytes]):
     lengths.
     """
 
+    def __init__(self, extra: int = 0) -> None:
+        super().__init__()
+        self.extra = extra
+
     def __missing__(self, length: int) -> bytes:
         if len(self) >= 4096:
             self.clear()
         packed = self[length] = HEADER.pack(length + self.extra)
         return packed
-
-
-    def __init__(self, extra: int = 0) -> None:
-        super().__init__()
-        self.extra = extra
 
 
 def headers(extra: int = 0) -> Callable[[int], bytes]:

@@ -260,7 +260,6 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(refused.value(), b"error: too many connections from your address (limit 1)\n")
         self.assertFalse(other.disconnecting)
 
-
     def test_perPeerCountsTheOpeningAddress(self) -> None:
         """
         A connection is counted against the address it opened from, and

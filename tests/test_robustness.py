@@ -19,8 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab.framing import encode
 from tests.serverprocess import ServerProcess
-
-MiB = 1024 * 1024
+from tests.streams import FLOODS, MiB
 
 
 def connect(port: int, timeout: float = 10) -> socket.socket:
@@ -169,21 +168,19 @@ class SlowReaderTests(SynchronousTestCase):
         """
         Raw: 1 MiB chunks.
         """
-        self.assertMemoryBounded("raw", b"x" * MiB, b"ping", b"pingSB")
+        self.assertMemoryBounded("raw", FLOODS["raw"], b"ping", b"pingSB")
 
     def test_line(self) -> None:
         """
         Line: 1 KiB lines, sent 1 MiB at a time.
         """
-        self.assertMemoryBounded("line", (b"x" * 1023 + b"\n") * 1024, b"ping\n", b"pingSB\n")
+        self.assertMemoryBounded("line", FLOODS["line"], b"ping\n", b"pingSB\n")
 
     def test_length(self) -> None:
         """
         Length: 16 KiB frames, sent 1 MiB at a time.
         """
-        self.assertMemoryBounded(
-            "length", encode("length", b"x" * (16384 - 4)) * 64, encode("length", b"ping"), encode("length", b"pingSB")
-        )
+        self.assertMemoryBounded("length", FLOODS["length"], encode("length", b"ping"), encode("length", b"pingSB"))
 
 
 class HostileInputTests(ServerProcessTestCase):

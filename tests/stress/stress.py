@@ -34,8 +34,8 @@ import psutil
 
 from tcplab.framing import encode
 from tests.serverprocess import ServerProcess
+from tests.streams import FLOODS, MiB
 
-MiB = 1024 * 1024
 _ERRORS = ("Traceback", "Unhandled", "#critical]", "#error]")
 
 
@@ -73,14 +73,6 @@ def cleanLog(server: ServerProcess) -> bool:
     return not any(error in log for error in _ERRORS)
 
 
-#: What a client that never reads pushes, 1 MiB at a time, in each framing.
-_FLOOD = {
-    "raw": b"x" * MiB,
-    "line": (b"x" * 1023 + b"\n") * 1024,
-    "length": encode("length", b"x" * (16384 - 4)) * 64,
-}
-
-
 def slowReader(seconds: float, framing: str) -> str:
     server = ServerProcess("--framing", framing, "--suffix", "SB")
     ping, pong = encode(framing, b"ping"), encode(framing, b"pingSB")
@@ -88,7 +80,7 @@ def slowReader(seconds: float, framing: str) -> str:
         process = psutil.Process(server.process.pid)
         before = process.memory_info().rss
         worst, pushed = 0.0, 0
-        chunk = _FLOOD[framing]
+        chunk = FLOODS[framing]
         deadline = time.monotonic() + seconds
         with connect(server.port) as hog:
             hog.settimeout(0.1)
