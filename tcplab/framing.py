@@ -340,6 +340,25 @@ def checkFraming(framing: str) -> str:
     return framing
 
 
+def checkSuffix(framing: str, suffix: bytes) -> bytes:
+    """
+    A reply is its message plus C{suffix}, framed as the message was: in line
+    framing a suffix holding C{\\n} would split the reply into two lines, and
+    one ending in C{\\r} would turn the reply's C{\\n} into a C{\\r\\n} ending
+    that takes the C{\\r} away from it.
+
+    @return: C{suffix} if every reply that carries it still decodes as one
+        message in C{framing}.
+    @raise ValueError: with a one-line message saying why not.
+    """
+    if framing == "line":
+        if b"\n" in suffix:
+            raise ValueError("a line framing suffix cannot contain a newline (\\n): it would split every reply in two")
+        if suffix.endswith(b"\r"):
+            raise ValueError("a line framing suffix cannot end in \\r: with the line's \\n it would read as a \\r\\n ending")
+    return suffix
+
+
 def decoderFor(framing: str, maxLength: int = defaults.MAX_LENGTH) -> Decoder:
     """
     @return: a new decoder for the named framing.

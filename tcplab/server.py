@@ -33,6 +33,7 @@ from tcplab.framing import (
     MAX_FRAME_PAYLOAD,
     MessageTooLong,
     checkFraming,
+    checkSuffix,
     decoderFor,
     headers,
     stripLineEnding,
@@ -427,16 +428,10 @@ class LineEchoProtocol(EchoProtocol):
         reply = block.replace(b"\n", suffix + b"\n")
         if b"\r" not in block:  # (a one-byte search is far quicker than one for "\r\n")
             return reply
-        if b"\r" not in suffix and b"\n" not in suffix:
-            # A line's message never ends in \r, so "\r" + suffix + "\n"
-            # is always a \r\n line whose suffix went inside its ending.
-            return reply.replace(b"\r" + suffix + b"\n", suffix + b"\r\n")
-        crlf, ending = suffix + b"\r\n", suffix + b"\n"
-        lines = block.split(b"\n")
-        lines.pop()
-        return b"".join(
-            [line[:-1] + crlf if line.endswith(b"\r") else line + ending for line in lines]
-        )
+        # A line's message never ends in \r, and a suffix never holds \n nor
+        # ends in \r (see checkSuffix), so "\r" + suffix + "\n" is always a
+        # \r\n line whose suffix went inside its ending.
+        return reply.replace(b"\r" + suffix + b"\n", suffix + b"\r\n")
 
     def replyTo(self, lines: Sequence[bytes]) -> bytes:
         return self.replyToBlock(b"\n".join(lines) + b"\n") if lines else b""
@@ -555,11 +550,13 @@ class EchoServerFactory(Factory):
             (close at once) every later one; L{whenServed} fires once they
             are all closed.  L{None}: no limit.
         @param reactor: the clock for timeouts; the global reactor if L{None}.
-        @raise ValueError: for an unknown framing or an impossible limit.
+        @raise ValueError: for an unknown framing, a suffix that breaks it
+            (see L{checkSuffix}), or an impossible limit.
         """
         checkFraming(framing)
         if not isinstance(suffix, bytes):
             raise TypeError(f"suffix must be bytes, not {type(suffix).__name__}")
+        checkSuffix(framing, suffix)
         if not 1 <= maxLength <= MAX_FRAME_PAYLOAD - len(suffix):
             raise ValueError(f"maxLength must be between 1 and {MAX_FRAME_PAYLOAD - len(suffix)}")
         if maxServed is not None and maxServed < 1:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tcplab import coerce, defaults
-from tcplab.framing import MAX_FRAME_PAYLOAD
+from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
 
@@ -103,6 +103,10 @@ class Options(coerce.CommandOptions):
 
     def postOptions(self) -> None:
         self["suffix"] = coerce.utf8(self["suffix"] or "")
+        try:
+            checkSuffix(self["framing"], self["suffix"])
+        except ValueError as error:
+            raise usage.UsageError(f"--suffix: {error}") from None
         if not self["listen"]:
             self["listen"] = [defaults.LISTEN]
         longest = MAX_FRAME_PAYLOAD - len(self["suffix"])

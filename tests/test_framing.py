@@ -13,6 +13,7 @@ from tcplab.framing import (
     LineDecoder,
     MessageTooLong,
     RawDecoder,
+    checkSuffix,
     decoderFor,
     encode,
     frame,
@@ -313,3 +314,34 @@ class SizeLimitPropertyTests(SynchronousTestCase):
         self.assertEqual(decoded, [message + ending[:-1] for message, ending in pairs[: len(allowed)]])
         self.assertEqual(error is None, len(allowed) == len(pairs))
         self.assertLessEqual(held, maxLength + 1)
+
+
+class CheckSuffixTests(SynchronousTestCase):
+    """
+    Tests for L{checkSuffix}: a suffix must not break the framing of the
+    replies that carry it.
+    """
+
+    def test_lineNewline(self) -> None:
+        """
+        A line suffix holding C{\\n} is refused: every reply would be two lines.
+        """
+        with self.assertRaisesRegex(ValueError, "newline"):
+            checkSuffix("line", b"a\nb")
+
+    def test_lineTrailingCR(self) -> None:
+        """
+        A line suffix ending in C{\\r} is refused: the reply would end in
+        C{\\r\\n}, whose C{\\r} a reader takes away.
+        """
+        with self.assertRaisesRegex(ValueError, "end in"):
+            checkSuffix("line", b"SB\r")
+
+    def test_accepted(self) -> None:
+        """
+        Any suffix suits raw and length framing; in line framing one with a
+        C{\\r} inside is fine.
+        """
+        for framing in ("raw", "length"):
+            self.assertEqual(checkSuffix(framing, b"a\nb\r"), b"a\nb\r")
+        self.assertEqual(checkSuffix("line", b"S\rB"), b"S\rB")

@@ -110,6 +110,8 @@ class OptionsTests(SynchronousTestCase):
             ("--listen", "carrier-pigeon:1"): "invalid endpoint",
             ("--listen", "tcp:99999"): "port 99999 is out of range (0-65535)",
             ("--framing", "length", "--suffix", "SB", "--max-length", str(2**32)): "at most",
+            ("--framing", "line", "--suffix", "a\nb"): "--suffix: a line framing suffix cannot contain a newline",
+            ("--framing", "line", "--suffix", "SB\r"): "--suffix: a line framing suffix cannot end in",
         }
         for argv, expected in cases.items():
             with self.assertRaises(UsageError, msg=argv) as caught:
