@@ -39,6 +39,10 @@ DRAIN_QUIET = 0.25
 #: Seconds a closing connection gets to deliver its last replies before it is aborted.
 CLOSE_TIMEOUT = 10.0
 
+#: Seconds a connection to a PROXY-protocol listener (C{haproxy:...}) has to
+#: send its whole PROXY header before it is closed.
+PROXY_HEADER_TIMEOUT = 10.0
+
 #: Seconds a connection the server turns away (over a connection limit) gets
 #: to read its error line before it is aborted.
 REFUSE_TIMEOUT = 1.0

@@ -38,6 +38,7 @@ from tcplab.framing import (
     headers,
     stripLineEnding,
 )
+from tcplab.text import plural
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -67,12 +68,13 @@ class EchoProtocol(Protocol):
     @ivar maxLength: the longest message accepted (line and length framings).
     @ivar logMessages: log every message received.
     @ivar clock: for the timers of closing and draining; none if L{None}.
+    @ivar closeTimeout: seconds a closing connection gets to deliver its
+        last replies (and its peer to close) before it is aborted.
     @ivar bytesIn: bytes received on this connection.
     @ivar bytesOut: bytes of replies written on this connection.
     """
 
     framing = "raw"
-    closeTimeout = defaults.CLOSE_TIMEOUT
     refuseTimeout = defaults.REFUSE_TIMEOUT
     drainQuiet = defaults.DRAIN_QUIET
     factory: EchoServerFactory | None = None
@@ -84,11 +86,13 @@ class EchoProtocol(Protocol):
         maxLength: int = defaults.MAX_LENGTH,
         logMessages: bool = False,
         clock: IReactorTime | None = None,
+        closeTimeout: float = defaults.CLOSE_TIMEOUT,
     ) -> None:
         self.suffix = suffix
         self.maxLength = maxLength
         self.logMessages = logMessages
         self.clock = clock
+        self.closeTimeout = closeTimeout
         self.bytesIn = 0
         self.bytesOut = 0
         self._decoder = decoderFor(self.framing, maxLength)
@@ -122,14 +126,14 @@ class EchoProtocol(Protocol):
             self._activeAt = self.clock.seconds()
         self._direct = _canSendDirectly(self.transport)
         self.transport.registerProducer(self, True)
+        if self._refusal is None and self.factory is not None:
+            self._refusal = self.factory.admit(self)
         if self._refusal is not None:
             self._log.info("refused {peer}: {reason}", peer=self.peer, reason=self._refusal)
             # Nothing but the notice is in flight: a moment to read it is enough.
             self._closeWith(self._refusal, self.refuseTimeout)
             return
         self._log.info("connection from {peer}", peer=self.peer)
-        if self.factory is not None:
-            self.factory.connectionOpened(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -266,6 +270,9 @@ class EchoProtocol(Protocol):
             return
         self._closing = True
         self._stopTimer()
+        if self.factory is not None:
+            # Closing, it is served no more: its slot goes to the next connection.
+            self.factory.release(self)
         assert self.transport is not None
         # A registered producer would hold the close back forever.
         self.transport.unregisterProducer()
@@ -492,9 +499,9 @@ class ServerStats(NamedTuple):
 
     def __str__(self) -> str:
         return (
-            f"served {self.served} connection{'' if self.served == 1 else 's'} "
+            f"served {plural(self.served, 'connection')} "
             f"({self.refused} refused, {self.open} open); "
-            f"{self.bytesIn} bytes in, {self.bytesOut} bytes out"
+            f"{plural(self.bytesIn, 'byte')} in, {plural(self.bytesOut, 'byte')} out"
         )
 
 
@@ -520,6 +527,8 @@ class EchoServerFactory(Factory):
         "line": LineEchoProtocol,
         "length": LengthEchoProtocol,
     }
+    # Listening is logged by the plugin, with the address and its family.
+    noisy = False
     _log = Logger()
 
     def __init__(
@@ -532,6 +541,7 @@ class EchoServerFactory(Factory):
         maxConnections: int = defaults.MAX_CONNECTIONS,
         maxPerPeer: int = defaults.MAX_PER_PEER,
         maxServed: int | None = None,
+        closeTimeout: float = defaults.CLOSE_TIMEOUT,
         reactor: IReactorTime | None = None,
     ) -> None:
         """
@@ -549,6 +559,11 @@ class EchoServerFactory(Factory):
         @param maxServed: accept this many connections in all, then refuse
             (close at once) every later one; L{whenServed} fires once they
             are all closed.  L{None}: no limit.
+        @param closeTimeout: seconds a connection the server closes (idle,
+            overlong message, drain) gets to take its last replies and close
+            its side before it is aborted.  A closing connection no longer
+            counts against C{maxConnections} or C{maxPerPeer}: it is served
+            no more, and it is gone within this time.
         @param reactor: the clock for timeouts; the global reactor if L{None}.
         @raise ValueError: for an unknown framing, a suffix that breaks it
             (see L{checkSuffix}), or an impossible limit.
@@ -561,7 +576,7 @@ class EchoServerFactory(Factory):
             raise ValueError(f"maxLength must be between 1 and {MAX_FRAME_PAYLOAD - len(suffix)}")
         if maxServed is not None and maxServed < 1:
             raise ValueError("maxServed must be at least 1")
-        if idleTimeout < 0 or maxConnections < 0 or maxPerPeer < 0:
+        if idleTimeout < 0 or maxConnections < 0 or maxPerPeer < 0 or closeTimeout < 0:
             raise ValueError("timeouts and limits must not be negative")
         self.framing = framing
         self.protocol = self.protocols[framing]
@@ -572,13 +587,14 @@ class EchoServerFactory(Factory):
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
         self.maxServed = maxServed
+        self.closeTimeout = closeTimeout
         self._reactor = reactor
         self.connections: set[EchoProtocol] = set()
         self.served = 0
         self.refused = 0
         self._perPeer: Counter[str] = Counter()
-        # Each open connection's peer host, as counted when it opened (behind
-        # a PROXY-protocol listener getPeer() changes once the header is read).
+        # The peer host of each connection that holds a slot (open and not
+        # closing), as counted when it was admitted.
         self._hosts: dict[EchoProtocol, str] = {}
         self._closedBytesIn = 0
         self._closedBytesOut = 0
@@ -600,9 +616,9 @@ class EchoServerFactory(Factory):
     def buildProtocol(self, addr: IAddress) -> EchoProtocol | None:  # type: ignore[override]
         if self.maxServed is not None and self.served >= self.maxServed:
             self._log.info(
-                "refusing {peer}: already served {served} connection(s)",
+                "refusing {peer}: already served {served}",
                 peer=formatAddress(addr),
-                served=self.served,
+                served=plural(self.served, "connection"),
             )
             return None
         protocol = self.protocol(
@@ -610,14 +626,9 @@ class EchoServerFactory(Factory):
             maxLength=self.maxLength,
             logMessages=self.logMessages,
             clock=self._reactor,
+            closeTimeout=self.closeTimeout,
         )
         protocol.factory = self
-        reason = self._refusal(addr)
-        if reason is None:
-            self.served += 1
-        else:
-            self.refused += 1
-            protocol.refuse(reason)
         return protocol
 
     def startFactory(self) -> None:
@@ -641,14 +652,36 @@ class EchoServerFactory(Factory):
             self._idleSweep.stop()
             self._idleSweep = None
 
-    def connectionOpened(self, protocol: EchoProtocol) -> None:
+    def admit(self, protocol: EchoProtocol) -> str | None:
         """
-        Called by each admitted protocol when its connection is made.
+        Called by each protocol when its connection is made: count it, as
+        served or refused, by the limits and the address its transport gives
+        now (behind a PROXY-protocol listener, the client's).
+
+        @return: L{None} if the connection is served, else why it is refused.
         """
-        self.connections.add(protocol)
         assert protocol.transport is not None
-        host = self._hosts[protocol] = _hostOf(protocol.transport.getPeer())
+        host = _hostOf(protocol.transport.getPeer())
+        reason = self._refusal(host)
+        if reason is not None:
+            self.refused += 1
+            return reason
+        self.served += 1
+        self.connections.add(protocol)
+        self._hosts[protocol] = host
         self._perPeer[host] += 1
+        return None
+
+    def release(self, protocol: EchoProtocol) -> None:
+        """
+        Called by each protocol when it starts closing, and when its
+        connection is lost: it no longer holds a slot of the limits.
+        """
+        host = self._hosts.pop(protocol, None)
+        if host is not None:
+            self._perPeer[host] -= 1
+            if not self._perPeer[host]:
+                del self._perPeer[host]
 
     def connectionClosed(self, protocol: EchoProtocol) -> None:
         """
@@ -657,10 +690,7 @@ class EchoServerFactory(Factory):
         if protocol not in self.connections:
             return
         self.connections.remove(protocol)
-        host = self._hosts.pop(protocol)
-        self._perPeer[host] -= 1
-        if not self._perPeer[host]:
-            del self._perPeer[host]
+        self.release(protocol)
         self._closedBytesIn += protocol.bytesIn
         self._closedBytesOut += protocol.bytesOut
         if not self.connections:
@@ -746,10 +776,12 @@ class EchoServerFactory(Factory):
         for protocol in list(self.connections):
             protocol.abort()
 
-    def _refusal(self, addr: IAddress) -> str | None:
-        if self.maxConnections and len(self.connections) >= self.maxConnections:
+    def _refusal(self, host: str) -> str | None:
+        if self.maxServed is not None and self.served >= self.maxServed:
+            return f"already served {plural(self.served, 'connection')}"
+        if self.maxConnections and len(self._hosts) >= self.maxConnections:
             return f"server busy ({self.maxConnections} connections); try again later"
-        if self.maxPerPeer and self._perPeer[_hostOf(addr)] >= self.maxPerPeer:
+        if self.maxPerPeer and self._perPeer.get(host, 0) >= self.maxPerPeer:
             return f"too many connections from your address (limit {self.maxPerPeer})"
         return None
 

@@ -5,22 +5,27 @@ The twistd plugin's options and service: C{twist tcplab} / C{twistd -n tcplab}.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 
 from tcplab import coerce, defaults
+from tcplab.address import formatAddress
 from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
+from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
 
@@ -84,7 +89,22 @@ class Options(coerce.CommandOptions):
             "drain-timeout",
             None,
             defaults.DRAIN_TIMEOUT,
-            "On SIGTERM/SIGINT, seconds to finish echoing before aborting what is left.",
+            "On SIGTERM, SIGINT or SIGHUP, seconds to finish echoing before aborting what is left.",
+            coerce.seconds,
+        ],
+        [
+            "close-timeout",
+            None,
+            defaults.CLOSE_TIMEOUT,
+            "Seconds a connection the server closes (idle, overlong message, "
+            "drain) gets to take its last replies before it is aborted.",
+            coerce.seconds,
+        ],
+        [
+            "proxy-header-timeout",
+            None,
+            defaults.PROXY_HEADER_TIMEOUT,
+            "haproxy: listeners: seconds a connection has to send its PROXY header.",
             coerce.seconds,
         ],
     ]
@@ -97,7 +117,12 @@ class Options(coerce.CommandOptions):
         _checkEndpoint(description)
         self["listen"].append(description)
 
-    opt_listen.__doc__ = f"Listen on this Twisted server endpoint; repeatable [default: {defaults.LISTEN}]."
+    opt_listen.__doc__ = (
+        "Listen on this Twisted server endpoint (tcp:, tcp6:, unix:, ssl:, tls:, "
+        "systemd:, or haproxy: before any of them for connections that start with a PROXY "
+        f"header); repeatable; TCP and UNIX listeners get backlog={defaults.BACKLOG} unless "
+        f"they name one [default: {defaults.LISTEN}]."
+    )
 
     opt_l = opt_listen
 
@@ -123,18 +148,33 @@ def _checkEndpoint(description: str) -> None:
         raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
 
 
+class ListenFailed(Exception):
+    """
+    A listener could not start; the message names its address and the reason.
+
+    twistd catches an L{Exception} raised while it starts the application:
+    it removes its pidfile and, when daemonizing, tells the waiting parent,
+    which exits 1.  (A L{SystemExit} would escape that path: the parent
+    would wait for ever and the pidfile would stay.)
+    """
+
+
 class EchoService(MultiService):
     """
     The tcplab server: every listener, and the factory they share.
 
-    A listener that cannot start ends the process with one line naming the
-    address and the reason, instead of a traceback.  Stopping (SIGTERM or
-    SIGINT) stops accepting, finishes echoing what was received, logs a
-    one-line summary, and exits 0; a second signal aborts what is still open.
+    A listener that cannot start ends the process, with status 1, and one
+    line naming the address and the reason, instead of a traceback.
+    Stopping (SIGTERM, SIGINT, or SIGHUP: the terminal went away) stops
+    accepting, finishes echoing what was received, logs a one-line summary,
+    and exits 0; a second signal aborts what is still open.
 
     @ivar factory: the L{EchoServerFactory} serving every TCP listener.
     @ivar drainTimeout: seconds to finish echoing when stopping.
     """
+
+    #: The signals that stop the server with a drain.
+    stopSignals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     _log = Logger()
 
@@ -158,14 +198,25 @@ class EchoService(MultiService):
         service.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        # twistd: listen before shedding privileges; a failure is an
+        # Exception, which twistd reports (see ListenFailed).
         Service.privilegedStartService(self)
         for child in self:
-            self._start(child, child.privilegedStartService)
+            try:
+                self._start(child, child.privilegedStartService)
+            except ListenFailed as failure:
+                _reportOnExit(failure)
+                raise
 
     def startService(self) -> None:
+        # twist (and twistd, once listening): twist starts the service from
+        # the running reactor, where only a SystemExit ends the process.
         Service.startService(self)
         for child in self:
-            self._start(child, child.startService)
+            try:
+                self._start(child, child.startService)
+            except ListenFailed as failure:
+                raise SystemExit(f"tcplab: {failure}") from None
         self._reactor.callWhenRunning(self._handleSignals)
 
     def stopService(self) -> Deferred[None]:
@@ -181,9 +232,10 @@ class EchoService(MultiService):
 
     def _handleSignals(self) -> None:
         # The reactor's own handlers make twist/twistd re-raise the signal
-        # once stopped (exit status 143 or 130); a drained stop is a success.
+        # once stopped (exit status 143 or 130; SIGHUP is not handled at all
+        # and kills at once); a drained stop is a success.
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in self.stopSignals:
                 signal.signal(number, self._stopOnSignal)
 
     def _stopOnSignal(self, number: int, frame: object) -> None:
@@ -204,11 +256,78 @@ class EchoService(MultiService):
             pass  # Already stopping (--once): the drain is under way.
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
+        where = self._descriptions.get(child, repr(child))
         try:
             start()
         except Exception as error:
-            where = self._descriptions.get(child, repr(child))
-            raise SystemExit(f"tcplab: cannot listen on {where}: {_reason(error)}") from None
+            raise ListenFailed(f"cannot listen on {where}: {_reason(error)}") from None
+        self._announce(child, where)
+
+    def _announce(self, child: IService, where: str) -> None:
+        # One line per listener once it listens: the address it is bound to
+        # (a port 0 shows the port chosen) and what it speaks.
+        waiting = getattr(child, "_waitingForPort", None)
+        if waiting is not None:
+            if not getattr(child, "_announced", False):
+                child._announced = True  # type: ignore[attr-defined]
+                waiting.addCallback(self._logListening, where)
+            return
+        port = getattr(child, "_port", None)
+        if port is not None and not getattr(child, "_announced", False):
+            child._announced = True  # type: ignore[attr-defined]
+            self._logListening(port, where)
+
+    def _logListening(self, port: IListeningPort, where: str) -> IListeningPort:
+        self._log.info(
+            "tcplab listening on {address} ({kind}; {framing} framing{suffix})",
+            address=formatAddress(port.getHost()),
+            kind=_describe(where, port.getHost()),
+            framing="datagram" if where.startswith("udp:") else self.factory.framing,
+            suffix=f", suffix {self.factory.suffix.decode('utf-8', 'replace')!r}" if self.factory.suffix else "",
+        )
+        return port
+
+
+def _describe(description: str, address: object) -> str:
+    """
+    @return: what a listener speaks, for its start-up line: the transport
+        and the address family, e.g. C{"TCP over IPv4"}, C{"TLS over TCP
+        over IPv6, PROXY protocol"}, C{"UNIX socket"}.
+    """
+    proxied = description.startswith("haproxy:")
+    kind = description.removeprefix("haproxy:").split(":", 1)[0]
+    if isinstance(address, UNIXAddress):
+        text = "UNIX socket"
+    else:
+        family = "IPv6" if isinstance(address, IPv6Address) else "IPv4" if isinstance(address, IPv4Address) else "?"
+        protocol = "UDP" if kind == "udp" else "TLS over TCP" if kind in ("ssl", "tls") else "TCP"
+        text = f"{protocol} over {family}"
+    if kind == "systemd":
+        text += ", from systemd"
+    return text + (", PROXY protocol" if proxied else "")
+
+
+def _reportOnExit(failure: ListenFailed) -> None:
+    # twistd re-raises the failure once it has cleaned up; at the top level
+    # it is this one line, not a traceback: in twistd's log (which has taken
+    # over sys.stderr) and on the terminal twistd was started from, if any.
+    # (A daemonizing parent prints its own line, from the status pipe, where
+    # twistd keeps the first 100 bytes of "ListenFailed: <message>".)
+    previous = sys.excepthook
+
+    def oneLine(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+        if value is not failure:
+            previous(kind, value, traceback)
+            return
+        line = f"tcplab: {failure}\n"
+        for stream in {id(s): s for s in (sys.stderr, sys.__stderr__) if s is not None}.values():
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    sys.excepthook = oneLine
 
 
 def _reason(error: BaseException) -> str:
@@ -221,6 +340,37 @@ def _reason(error: BaseException) -> str:
 class _Listener(StreamServerEndpointService):
     # Report a failure to listen at once rather than log it later.
     _raiseSynchronously = True
+
+
+#: Endpoint kinds whose parsers take a C{backlog=}.
+_BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "tls", "unix")
+
+
+def withBacklog(description: str, backlog: int = defaults.BACKLOG) -> str:
+    """
+    @return: C{description} with C{backlog=} added if it is a TCP, TLS or
+        UNIX listener (also behind C{haproxy:}) that names none: Twisted's
+        default of 50 makes a burst of connects wait for SYN retransmits.
+    """
+    kind = description.removeprefix("haproxy:").split(":", 1)[0]
+    if kind in _BACKLOG_KINDS and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
+
+
+def listenerEndpoint(
+    reactor: IReactorCore, description: str, headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT
+) -> IStreamServerEndpoint:
+    """
+    @return: the endpoint C{description} names, with tcplab's default backlog
+        (L{withBacklog}); a C{haproxy:} prefix reads each connection's PROXY
+        header before the echo sees it (L{tcplab.proxy}).
+    """
+    description = withBacklog(description)
+    if description.startswith("haproxy:"):
+        inner = serverFromString(reactor, description.removeprefix("haproxy:"))
+        return ProxyHeaderEndpoint(inner, reactor, headerTimeout)  # type: ignore[arg-type]
+    return serverFromString(reactor, description)
 
 
 def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) -> EchoService:
@@ -236,11 +386,12 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         maxConnections=config["max-connections"],
         maxPerPeer=config["max-per-peer"],
         maxServed=1 if config["once"] else None,
+        closeTimeout=config["close-timeout"],
         reactor=reactor,
     )
     service = EchoService(factory, reactor, drainTimeout=config["drain-timeout"])
     for description in config["listen"]:
-        endpoint = serverFromString(reactor, description)
+        endpoint = listenerEndpoint(reactor, description, config["proxy-header-timeout"])
         service.addListener(description, _Listener(endpoint, factory))
     if config["udp"] is not None:
         service.datagramEcho = DatagramEcho(suffix=config["suffix"], logMessages=bool(config["log-messages"]))

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TWIST = [sys.executable, "-m", "twisted", "--log-format=text"]
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
-_PORT = re.compile(r"EchoServerFactory starting on (\d+)")
+#: The start-up line of a TCP listener: "tcplab listening on 127.0.0.1:PORT (...)".
+_PORT = re.compile(r"tcplab listening on \S+:(\d+) \(")
 
 
 def environment() -> dict[str, str]:
@@ -35,12 +36,12 @@ def environment() -> dict[str, str]:
     return env
 
 
-def twist(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def twist(*args: str, timeout: float = 20, runner: list[str] = TWIST) -> subprocess.CompletedProcess[str]:
     """
-    Run C{python -m twisted tcplab ARGS} to completion.
+    Run C{python -m twisted tcplab ARGS} (or C{runner tcplab ARGS}) to completion.
     """
     return subprocess.run(
-        [*TWIST, "tcplab", *args],
+        [*runner, "tcplab", *args],
         capture_output=True, text=True, env=environment(), timeout=timeout, stdin=subprocess.DEVNULL,
     )
 

@@ -172,7 +172,7 @@ class CloseTests(SynchronousTestCase):
         protocol.dataReceived(b"ok\n" * 1000 + b"toolong\n")
         for _ in range(100):
             protocol.dataReceived(b"more pipelined input\n" * 100)
-        clock.advance(EchoProtocol.closeTimeout - 1)
+        clock.advance(defaults.CLOSE_TIMEOUT - 1)
         self.assertFalse(transport.disconnected)
         self.assertEqual(transport.value(), b"ok\n" * 1000 + b"error: line longer than 4 bytes; closing\n")
         clock.advance(1)
@@ -186,7 +186,7 @@ class CloseTests(SynchronousTestCase):
         clock = Clock()
         protocol, transport = connect(EchoServerFactory(reactor=clock))
         protocol.close()
-        clock.advance(EchoProtocol.closeTimeout - 1)
+        clock.advance(defaults.CLOSE_TIMEOUT - 1)
         self.assertFalse(transport.disconnected)
         clock.advance(1)
         self.assertTrue(transport.disconnected)
@@ -227,6 +227,38 @@ class LimitTests(SynchronousTestCase):
         clock.advance(EchoProtocol.refuseTimeout)
         self.assertTrue(transport.disconnected)
         self.assertEqual(factory.stats().open, 1)
+
+    def test_closingReleasesItsSlot(self) -> None:
+        """
+        A connection the server is closing (here: idle) is served no more:
+        its slot of C{maxConnections} and C{maxPerPeer} goes to the next
+        connection at once, not after its close timeout; it still counts as
+        open until it is gone.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(framing="line", maxConnections=1, maxPerPeer=1, idleTimeout=10, reactor=clock)
+        factory.startFactory()
+        self.addCleanup(factory.stopFactory)
+        _, idleTransport = connect(factory, transportType=HalfCloseableTransport)
+        clock.advance(11)
+        self.assertTrue(idleTransport.writeClosed)
+        self.assertFalse(idleTransport.disconnected)
+        second, secondTransport = connect(factory, address(port=40001))
+        second.dataReceived(b"served\n")
+        self.assertEqual(secondTransport.value(), b"served\n")
+        self.assertEqual((factory.stats().served, factory.stats().refused, factory.stats().open), (2, 0, 2))
+
+    def test_closeTimeout(self) -> None:
+        """
+        C{closeTimeout} sets how long a closing connection may linger.
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(closeTimeout=3, reactor=clock))
+        protocol.close()
+        clock.advance(2.9)
+        self.assertFalse(transport.disconnected)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
 
     def test_rawRefusalSaysNothing(self) -> None:
         """

@@ -131,13 +131,13 @@ class DirectSendTests(TestCase):
         protocol took the direct path.
         """
         seen: list[bool] = []
-        original = EchoServerFactory.connectionOpened
+        original = EchoServerFactory.admit
 
-        def record(factory: EchoServerFactory, protocol) -> None:
+        def record(factory: EchoServerFactory, protocol) -> str | None:
             seen.append(protocol._direct)
-            original(factory, protocol)
+            return original(factory, protocol)
 
-        self.patch(EchoServerFactory, "connectionOpened", record)
+        self.patch(EchoServerFactory, "admit", record)
         factory = EchoServerFactory()
         port = await serverEndpoint.listen(factory)
         payload = bytes(range(256)) * 1200

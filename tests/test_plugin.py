@@ -5,8 +5,12 @@ C{twistd -n tcplab} in child processes, on 127.0.0.1.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
@@ -78,6 +82,72 @@ class CommandLineTests(SynchronousTestCase):
             f"tcplab: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use",
         )
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_twistdDaemonAddressInUse(self) -> None:
+        """
+        A daemonizing C{twistd} that cannot listen exits non-zero within
+        seconds (it used to hang for ever), says why on stderr and in its
+        log in one line, and leaves no pidfile.
+        """
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        pidfile, logfile = directory / "twistd.pid", directory / "twistd.log"
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = twist(
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+                runner=[*TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile)],
+            )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1: Address", result.stderr)
+        # The parent exits as soon as the daemon reports the failure; the
+        # daemon then removes its pidfile, writes its log and exits.
+        deadline = time.monotonic() + 10
+        while (pidfile.exists() or "cannot listen" not in logfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(pidfile.exists())
+        log = logfile.read_text()
+        self.assertEqual(log.count(f"tcplab: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"), 1)
+        self.assertNotIn("Traceback", log + result.stderr)
+
+    def test_twistdNoDaemonAddressInUse(self) -> None:
+        """
+        C{twistd -n} that cannot listen exits 1 with the one line on stderr,
+        no traceback, and no pidfile left behind.
+        """
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        pidfile = directory / "twistd.pid"
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = twist(
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+                runner=[*TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(directory / "log")],
+            )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr.strip().splitlines(),
+            [f"tcplab: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"],
+        )
+        self.assertFalse(pidfile.exists())
+
+    def test_startupLine(self) -> None:
+        """
+        Each listener logs one start-up line with the address it is bound to,
+        its transport and address family, and what it answers.
+        """
+        server = ServerProcess("--suffix", "SB", "--udp", "0", listen="tcp:0:interface=127.0.0.1")
+        try:
+            server.waitForLog("UDP over IPv4")
+        finally:
+            server.stop()
+        log = server.log()
+        self.assertIn(f"tcplab listening on 127.0.0.1:{server.port} (TCP over IPv4; raw framing, suffix 'SB')", log)
+        self.assertRegex(log, r"tcplab listening on 127\.0\.0\.1:\d+ \(UDP over IPv4; datagram framing, suffix 'SB'\)")
 
     def test_lessonOnce(self) -> None:
         """

@@ -257,13 +257,23 @@ class GracefulShutdownTests(ServerProcessTestCase):
         SIGTERM in the middle of an 8 MiB echo: every byte is still delivered,
         then EOF; the server logs its summary and exits 0.
         """
+        self._signalMidEcho(signal.SIGTERM)
+
+    def test_sighupMidEcho(self) -> None:
+        """
+        SIGHUP (the terminal went away) drains exactly as SIGTERM does; it
+        used to kill the server at once, with exit status 129.
+        """
+        self._signalMidEcho(signal.SIGHUP)
+
+    def _signalMidEcho(self, number: int) -> None:
         data = os.urandom(8 * MiB)
         received = bytearray()
         with connect(self.server.port) as sock:
             sender = sendInBackground(sock, data, halfClose=False)
             while len(received) < MiB and (chunk := sock.recv(1 << 16)):
                 received += chunk
-            os.kill(self.server.process.pid, signal.SIGTERM)
+            os.kill(self.server.process.pid, number)
             sock.settimeout(15)
             while len(received) < len(data):
                 chunk = sock.recv(1 << 16)
@@ -275,6 +285,7 @@ class GracefulShutdownTests(ServerProcessTestCase):
             self.assertEqual(readAll(sock), b"")
         self.assertEqual(self.server.wait(20), 0)
         output = self.server.log()
+        self.assertIn(f"received {signal.Signals(number).name}: finishing open connections", output)
         self.assertIn(f"tcplab stopped: served 1 connection (0 refused, 0 open); {len(data)} bytes in, {len(data)} bytes out", output)
         self.assertNotIn("Traceback", output)
 

@@ -5,7 +5,9 @@ Tests for L{tcplab.tap}: the twistd plugin's options and service.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import sys
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
@@ -17,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab import defaults
 from tcplab.server import EchoServerFactory
-from tcplab.tap import Options, buildService
+from tcplab.tap import ListenFailed, Options, buildService
 from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
 from tests.test_udp import FakeDatagramTransport
 
@@ -41,10 +43,16 @@ class UDPMemoryReactor(MemoryReactor):
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
         self.udpPorts.append((port, protocol, interface, maxPacketSize))
-        return _StoppablePort()
+        return _StoppablePort(IPv4Address("UDP", interface, port))
 
 
 class _StoppablePort:
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
     def stopListening(self) -> None:
         pass
 
@@ -86,7 +94,8 @@ class OptionsTests(SynchronousTestCase):
         options = parse(
             "--listen", "tcp:0:interface=127.0.0.1", "-l", "tcp6:0:interface=\\:\\:1",
             "--framing", "line", "--suffix", "好", "--max-length", "10",
-            "--udp", "9000", "--once", "--log-messages",
+            "--udp", "9000", "--once", "--log-messages", "--close-timeout", "2.5",
+            "--proxy-header-timeout", "4",
         )
         self.assertEqual(options["listen"], ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"])
         self.assertEqual(options["framing"], "line")
@@ -95,6 +104,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["udp"], 9000)
         self.assertTrue(options["once"])
         self.assertTrue(options["log-messages"])
+        self.assertEqual((options["close-timeout"], options["proxy-header-timeout"]), (2.5, 4.0))
+        self.assertEqual(buildService(options, MemoryReactor()).factory.closeTimeout, 2.5)
 
     def test_badValues(self) -> None:
         """
@@ -197,11 +208,29 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_listenFailureIsOneLine(self) -> None:
         """
-        A listen failure ends the process with one line naming the endpoint
+        A listen failure under twist (which starts the service from the
+        running reactor) ends the process with one line naming the endpoint
         and the reason, not a traceback.
         """
         for code, reason in [(errno.EADDRINUSE, "Address already in use"), (errno.EACCES, "Permission denied")]:
             service = buildService(parse("-l", "tcp:80"), FailingReactor(code))
             with self.assertRaises(SystemExit) as caught:
-                service.privilegedStartService()
+                service.startService()
             self.assertEqual(str(caught.exception.code), f"tcplab: cannot listen on tcp:80: {reason}")
+
+    def test_privilegedListenFailureIsAnException(self) -> None:
+        """
+        Under twistd, which listens in C{privilegedStartService}, a listen
+        failure is an L{Exception} (twistd removes its pidfile and tells a
+        daemonizing parent, which a L{SystemExit} would bypass), and at the
+        top level it prints one line, not a traceback.
+        """
+        self.patch(sys, "excepthook", sys.excepthook)
+        self.patch(sys, "stderr", io.StringIO())
+        self.patch(sys, "__stderr__", None)
+        service = buildService(parse("-l", "tcp:80"), FailingReactor(errno.EADDRINUSE))
+        with self.assertRaises(ListenFailed) as caught:
+            service.privilegedStartService()
+        self.assertEqual(str(caught.exception), "cannot listen on tcp:80: Address already in use")
+        sys.excepthook(ListenFailed, caught.exception, None)
+        self.assertEqual(sys.stderr.getvalue(), "tcplab: cannot listen on tcp:80: Address already in use\n")
