@@ -5,7 +5,10 @@ byte checked.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -162,7 +165,10 @@ class DirectSendTests(TestCase):
         """
         On a UNIX socket replies go through the transport's C{write()}.
         """
-        path = self.mktemp()
+        # (trial's mktemp() would make a folder in the work tree under pytest.)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "echo.sock")
         seen = await self._directFlags(UNIXServerEndpoint(reactor, path), lambda port: UNIXClientEndpoint(reactor, path))
         self.assertEqual(seen, [False])
 

@@ -38,14 +38,40 @@ class Installation:
     env: dict[str, str]
 
 
+def workdir(prefix: str) -> Path:
+    """
+    @return: a new temporary folder, removed when the test run ends.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
+def sourceCopy(destination: Path) -> Path:
+    """
+    Copy the project's source tree to C{destination}, so that building or
+    installing it writes nothing (C{build/}, C{*.egg-info}, C{dropin.cache})
+    into the work tree.
+    """
+    shutil.copytree(
+        ROOT,
+        destination,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp",
+            ".hypothesis", ".pytest_cache", ".ruff_cache", "dropin.cache",
+        ),
+    )
+    return destination
+
+
 @cache
 def installation() -> Installation:
     """
     Build the wheel and install it into a new venv, once per test run.
     """
-    work = Path(tempfile.mkdtemp(prefix="tcplab-wheel-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
-    built = run(sys.executable, "-m", "build", "--wheel", "--outdir", work / "dist", ROOT)
+    work = workdir("tcplab-wheel-")
+    source = sourceCopy(work / "source")
+    built = run(sys.executable, "-m", "build", "--wheel", "--outdir", work / "dist", source)
     if built.returncode != 0:
         raise RuntimeError("wheel build failed:\n" + built.stdout + built.stderr)
     [wheel] = (work / "dist").glob("tcplab-*.whl")
@@ -100,3 +126,35 @@ class WheelTests(SynchronousTestCase):
         result = run(self.installed.bin / "tcplab", "--version", env=self.installed.env, cwd=self.installed.workdir)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertTrue(result.stdout.startswith("tcplab "))
+
+
+class EditableInstallTests(SynchronousTestCase):
+    """
+    The development install the README gives makes C{twist tcplab} run the
+    source tree.
+    """
+
+    def test_compatEditableInstall(self) -> None:
+        """
+        C{pip install -e . --config-settings editable_mode=compat} (the
+        default editable mode hides C{twisted/plugins} from Twisted's plugin
+        scan) gives a C{twist} that finds tcplab and runs the source's code.
+        """
+        work = workdir("tcplab-editable-")
+        source = sourceCopy(work / "source")
+        venv.create(work / "venv", with_pip=True)
+        installed = run(
+            work / "venv" / "bin" / "pip", "install", "--quiet", "-e", source,
+            "--config-settings", "editable_mode=compat",
+        )
+        self.assertEqual(installed.returncode, 0, installed.stdout + installed.stderr)
+        # An edit to the source shows at once: it is the code that runs.
+        plugin = source / "twisted" / "plugins" / "tcplab_plugin.py"
+        plugin.write_text(plugin.read_text().replace("A TCP/UDP echo server", "An edited echo server"))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        listed = run(work / "venv" / "bin" / "twistd", "--help", env=env, cwd=work)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("An edited echo server", listed.stdout)
+        help = run(work / "venv" / "bin" / "twist", "tcplab", "--help", env=env, cwd=work)
+        self.assertEqual(help.returncode, 0, help.stderr)
+        self.assertIn("--framing", help.stdout)
