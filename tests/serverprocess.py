@@ -51,6 +51,8 @@ class ServerProcess:
     C{python -m twisted tcplab ARGS} listening on 127.0.0.1 on a free port.
 
     @ivar port: the TCP port it listens on.
+    @ivar started: for a listener with no TCP port of its own (a UNIX socket,
+        an inherited one), text of the log line that shows it has started.
     """
 
     def __init__(
@@ -62,7 +64,9 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         timeout: float = 20,
+        started: str | None = None,
     ) -> None:
+        self.startedText = started
         if runner is None:
             runner = TWISTD + ["--pidfile=", "--logfile=-", "-n"] if twistd else TWIST
         self.process = subprocess.Popen(
@@ -75,7 +79,7 @@ class ServerProcess:
         # Read the log all along: a full pipe would block the server.
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._started.wait(timeout) or self.port is None:
+        if not self._started.wait(timeout) or (self.port is None and started is None):
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.output))
 
@@ -89,6 +93,8 @@ class ServerProcess:
                 match = _PORT.search(line)
                 if match:
                     self.port = int(match.group(1))
+                    self._started.set()
+                elif self.startedText is not None and self.startedText in line:
                     self._started.set()
         self._started.set()
 
