@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import fdesc
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import (
     ConnectError,
     ConnectionDone,
@@ -34,8 +34,16 @@ from zope.interface import implementer
 from tcplab import coerce, defaults
 from tcplab.address import formatAddress
 from tcplab.bench import BenchOptions, runBench
-from tcplab.client import DatagramEchoClient, EchoClient, ReplyTimeout
+from tcplab.client import (
+    DatagramEchoClient,
+    EchoClient,
+    ReplyTimeout,
+    ServerError,
+    WrongReply,
+    clientEndpoint,
+)
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
+from tcplab.text import escape, plural
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -57,7 +65,8 @@ class ClientOptions(coerce.CommandOptions):
         "messages, else each line of standard input, else (on a terminal) "
         f"what is typed at the {PROMPT.decode()!r} prompt. --framing must "
         "match the server's. Exit status: 0 success, 1 failure (refused, "
-        "timeout, connection lost), 2 usage error."
+        "timeout, connection lost, a wrong reply, the server's error), 2 "
+        "usage error."
     )
     optFlags = [
         ["udp", "u", "Send each message as a UDP datagram (raw framing only)."],
@@ -66,11 +75,11 @@ class ClientOptions(coerce.CommandOptions):
     optParameters = [
         [
             "connect",
-            "c",
+            "e",
             None,
-            "Connect to this Twisted client endpoint instead of HOST PORT, "
-            "e.g. tcp:host=example.com:port=8081, unix:path=/tmp/echo.sock, "
-            "tls:example.com:8443.",
+            "Connect to this endpoint instead of HOST PORT: "
+            "tcp:host=example.com:port=8081, tcp6:host=::1:port=8081, "
+            "unix:path=/tmp/echo.sock or tls:example.com:8443.",
         ],
         [
             "framing",
@@ -143,16 +152,14 @@ class ClientOptions(coerce.CommandOptions):
 def _checkEndpoint(description: str) -> None:
     # Parsing needs a reactor, but the global one is not needed to parse.
     try:
-        endpoint = clientFromString(MemoryReactor(), description)
+        clientEndpoint(MemoryReactor(), description)
     except (ImportError, NameError):
         raise usage.UsageError(
             f"endpoint {description!r} needs TLS support: pip install 'twisted[tls]'"
         ) from None
-    except Exception as error:
-        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
-    try:
-        coerce.checkEndpointPort(endpoint, lowest=1)
     except ValueError as error:
+        raise usage.UsageError(str(error)) from None
+    except Exception as error:
         raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
 
 
@@ -413,19 +420,46 @@ async def runSession(reactor: Any, config: ClientOptions, interactive: bool) -> 
         await client.close()
     if isinstance(client, EchoClient) and client.unexpected:
         raise ClientFailed(
-            f"{address}: {client.unexpected} bytes arrived that answer no message; "
+            f"{address}: {plural(client.unexpected, 'byte')} arrived that answer no message; "
             f"does the server's framing match --framing {config['framing']}?"
         )
 
 
+#: The first bytes of a TLS alert record: what a TLS server may answer plain text with.
+TLS_ALERT = b"\x15\x03"
+
+
 def _framingHint(client: EchoClient | DatagramEchoClient, error: Exception, config: ClientOptions) -> str:
-    # A server in another framing waits for a delimiter that never comes, or
-    # closes on a "length" it cannot take: say what the likely cause is.
-    if not isinstance(client, EchoClient) or client.answered:
+    """
+    @return: the likely cause of C{error}, when the client can tell more
+        than the error says, as C{"; ..."}; else C{""}.
+    """
+    if not isinstance(client, EchoClient):
         return ""
-    if isinstance(error, (ReplyTimeout, ConnectionDone, ConnectionLost)):
-        return f"; does the server's framing match --framing {config['framing']}?"
+    useTLS = f"use --connect tls:{_tlsAddress(config)}"
+    if client.firstBytes.startswith(TLS_ALERT):
+        return f"; the server seems to speak TLS: {useTLS}"
+    if client.answered:
+        return ""
+    framing = config["framing"]
+    if isinstance(error, (ConnectionDone, ConnectionLost)) and not client.firstBytes:
+        # A TLS server closes at once on plain text (5 bytes or more); so
+        # does a length server on a "length" it cannot take.
+        if framing == "length":
+            return f"; the server seems to speak TLS: {useTLS}"
+        return f"; does the server speak TLS ({useTLS}) or --framing length?"
+    if isinstance(error, MessageTooLong) and framing == "length":
+        return "; does the server's framing match --framing length?"
+    if isinstance(error, (ReplyTimeout, ConnectionDone, ConnectionLost, WrongReply)):
+        return f"; does the server's framing match --framing {framing}?"
     return ""
+
+
+def _tlsAddress(config: ClientOptions) -> str:
+    if config["host"] is None:
+        return "HOST:PORT"
+    host = config["host"]
+    return f"{host.replace(':', chr(92) + ':')}:{config['port']}"
 
 
 async def _connect(reactor: Any, config: ClientOptions) -> EchoClient | DatagramEchoClient:
@@ -505,7 +539,13 @@ def _reason(error: BaseException, config: ClientOptions) -> str:
         # Some transports give an errno, others a message.
         osError = error.osError
         return os.strerror(osError) if isinstance(osError, int) else str(osError).rstrip(".")
-    if isinstance(error, (ReplyTimeout, MessageTooLong)):
+    if isinstance(error, MessageTooLong):
+        return f"reply of {plural(error.length, 'byte')} or more is over the {error.maxLength}-byte limit"
+    if isinstance(error, WrongReply):
+        return f"wrong reply (it does not start with the message): {escape(error.reply, limit=200)}"
+    if isinstance(error, ServerError):
+        return f"the server refused: {escape(error.notice, limit=200)}"
+    if isinstance(error, ReplyTimeout):
         return str(error)
     return str(error) or type(error).__name__
 

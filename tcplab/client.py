@@ -23,17 +23,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import TCP6ClientEndpoint, clientFromString, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tcplab import defaults
+from tcplab import coerce, defaults
 from tcplab.address import formatAddress
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
+from tcplab.text import escape, plural
 from tcplab.udp import MAX_PACKET_SIZE
 
 _T = TypeVar("_T")
@@ -56,6 +58,124 @@ def _withTimeout(d: Deferred[_T], timeout: float | None, clock: IReactorTime) ->
     return d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
 
 
+#: What each kind of client endpoint string must name, by keyword (or, where
+#: Twisted allows it, by position, in this order).
+_REQUIRED = {
+    "tcp": ("host", "port"),
+    "tcp6": ("host", "port"),
+    "tls": ("host", "port"),
+    "unix": ("path",),
+}
+
+
+def clientEndpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """
+    Make a stream client endpoint from a Twisted client endpoint string, and
+    one more kind: C{tcp:host=H:port=P}, C{tcp6:host=H:port=P} (which
+    Twisted's parser lacks; its other keywords are C{timeout} and
+    C{bindAddress}), C{unix:path=P}, C{tls:H:P} and any other kind Twisted
+    knows.  An IPv6 address may be written plainly (C{host=::1:port=8081})
+    or with its colons escaped as Twisted needs (C{host=\\:\\:1}).
+
+    @raise ValueError: with a one-line message, for an unknown kind, or one
+        that lacks a host, a port or a path, or whose port is not 1-65535.
+    @raise ImportError: for C{tls:} without TLS support installed.
+    """
+    kind, positional, named = _parseEndpoint(description)
+    # Positional values stand for the required fields not named, in order.
+    missing = [field for field in _REQUIRED.get(kind, ()) if not named.get(field)]
+    given = [value for value in positional if value] if kind != "tcp6" else []
+    if len(given) < len(missing):
+        field = missing[len(given)]
+        raise ValueError(f"endpoint {description!r} needs a {field} ({field}=...)")
+    if kind == "tcp6":
+        if positional:
+            raise ValueError(f"endpoint {description!r}: tcp6 takes host=H:port=P only")
+        unknown = set(named) - {"host", "port", "timeout", "bindAddress"}
+        if unknown:
+            raise ValueError(f"endpoint {description!r}: unknown tcp6 parameter {sorted(unknown)[0]!r}")
+        port = _endpointPort(description, named["port"])
+        timeout = named.get("timeout")
+        bindAddress = named.get("bindAddress")
+        return TCP6ClientEndpoint(
+            reactor,
+            named["host"],
+            port,
+            30 if timeout is None else coerce.seconds(timeout),
+            None if bindAddress is None else (bindAddress, 0),
+        )
+    if "port" in named:
+        _endpointPort(description, named["port"])
+    # Twisted's own parser takes it from here, with IPv6 colons escaped.
+    fields = [_escapeField(value) for value in positional]
+    fields += [f"{key}={_escapeField(value)}" for key, value in named.items()]
+    try:
+        endpoint = clientFromString(reactor, ":".join([kind, *fields]))
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"invalid endpoint {description!r}: {error}") from None
+    try:
+        coerce.checkEndpointPort(endpoint, lowest=1)
+    except ValueError as error:
+        raise ValueError(f"invalid endpoint {description!r}: {error}") from None
+    return endpoint
+
+
+def _endpointPort(description: str, text: str) -> int:
+    try:
+        return coerce.remotePort(text)
+    except ValueError as error:
+        raise ValueError(f"invalid endpoint {description!r}: {error}") from None
+
+
+def _escapeField(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _parseEndpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    Split an endpoint string at its colons (not those escaped with a
+    backslash) into its kind, positional values and keyword values.  A
+    field without C{=} that follows a keyword field continues its value
+    when that makes the value an IPv6 address and the string names its port
+    by keyword (C{host=::1:port=8081}), or is a C{tcp6} one (which takes
+    keywords only); otherwise it is positional, as for Twisted.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            current.append(next(characters, ""))
+        elif character == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    fields.append("".join(current))
+    kind, rest = fields[0].lower(), fields[1:]
+    merge = kind == "tcp6" or any(field.startswith("port=") for field in rest)
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    index = 0
+    while index < len(rest):
+        field = rest[index]
+        index += 1
+        if "=" not in field:
+            positional.append(field)
+            continue
+        key, value = field.split("=", 1)
+        if merge:
+            # Take as many following fields as make an IPv6 address.
+            for end in range(len(rest), index, -1):
+                if all("=" not in f for f in rest[index:end]):
+                    candidate = ":".join([value, *rest[index:end]])
+                    if isIPv6Address(candidate):
+                        value, index = candidate, end
+                        break
+        named[key] = value
+    return kind, positional, named
+
+
 class ReplyTimeout(Exception):
     """
     No reply arrived in time.  Later replies can no longer be matched to
@@ -69,18 +189,65 @@ class ReplyTimeout(Exception):
         self.timeout = timeout
 
 
+class WrongReply(Exception):
+    """
+    A reply that does not start with its request: whatever answered is not
+    an echo server, or not in the client's framing.  The stream is out of
+    step for good, so every request still waiting fails with this too.
+
+    @ivar request: the message the reply should have started with.
+    @ivar reply: the reply, or as much of it as had arrived when it was
+        found wrong (at most L{EchoClient.maxLength} bytes).
+    """
+
+    def __init__(self, request: bytes, reply: bytes) -> None:
+        super().__init__(f"wrong reply: the {len(reply)}-byte reply does not start with its message")
+        self.request = request
+        self.reply = reply
+
+
+class ServerError(Exception):
+    """
+    The server refused a request with its own error notice (in line
+    framing, a line starting with C{error: }, such as C{error: server busy
+    (...)}); it closes the connection after it, so every request still
+    waiting fails with this too.
+
+    @ivar notice: the server's line, without its line ending.
+    """
+
+    def __init__(self, notice: bytes) -> None:
+        super().__init__("the server refused the request")
+        self.notice = notice
+
+
+#: How a line server starts its error notices (see L{tcplab.server}).
+ERROR_PREFIX = b"error: "
+
+#: In raw framing, how much of a reply must match its request.  A server that
+#: answers every read as it comes (the lesson's answers each C{recv(1024)}
+#: with its suffix) splits a long request into pieces, each followed by the
+#: suffix: only the first piece is the request's start.
+RAW_PIECE = 1024
+
+#: How many of the first bytes of a connection are kept (L{EchoClient.firstBytes}).
+FIRST_BYTES = 16
+
+
 class _Expected:
     """
     A request whose reply has not arrived yet.
 
     @ivar data: the request as sent (framed).
+    @ivar message: the request without its framing: its reply starts with it.
     @ivar deferred: fires with the reply.
     """
 
-    __slots__ = ("data", "deferred")
+    __slots__ = ("data", "message", "deferred")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, message: bytes | None = None) -> None:
         self.data = data
+        self.message = data if message is None else message
         # Cancelling only gives up on the reply; its slot stays in the queue
         # so that later replies still match their requests.
         self.deferred: Deferred[bytes] = Deferred(lambda d: None)
@@ -130,13 +297,13 @@ class _ReplyQueue:
         """
         return self._waiting[0] if self._waiting else None
 
-    def expect(self, data: bytes) -> _Expected:
+    def expect(self, data: bytes, message: bytes | None = None) -> _Expected:
         """
-        Add a request, and send it as C{data} now or, one at a time, once the
-        requests before it are answered.  If sending fails, so does the
-        request, at once.
+        Add a request, and send it as C{data} (C{message} framed) now or, one
+        at a time, once the requests before it are answered.  If sending
+        fails, so does the request, at once.
         """
-        expected = _Expected(data)
+        expected = _Expected(data, message)
         if self._oneAtATime and self._waiting:
             self._waiting.append(expected)
             return expected
@@ -224,17 +391,31 @@ class EchoClient(Protocol):
     the framing's decoder.  C{raw} framing has no delimiter, so requests are
     sent one at a time, and a reply is complete once at least as many bytes
     as were sent have arrived and then no more for C{quietPeriod} seconds, or
-    the server closes the connection.
+    the server closes the connection.  Once a reply has shown the server's
+    suffix (the reply minus its request), a later reply is complete as soon
+    as exactly its request and that suffix have arrived, without the wait;
+    one that does not fit the suffix (more bytes, or others) waits the quiet
+    period, and teaches the suffix afresh.
 
-    When a reply does not arrive within C{timeout} seconds, every waiting
-    request fails with L{ReplyTimeout} and the connection is aborted.  When
-    the connection is lost, every waiting request fails with the reason.
+    Every reply must start with its request (in raw framing, its first
+    L{RAW_PIECE} bytes): one that does not fails with L{WrongReply} as soon
+    as its first bytes differ, or, in line framing, with L{ServerError} if
+    it is the server's C{error: } notice.  A reply longer than C{maxLength}
+    fails with L{MessageTooLong}.  After any of these, and when a reply does
+    not arrive within C{timeout} seconds (L{ReplyTimeout}), the stream is
+    out of step: every waiting request fails with the same error and the
+    connection is aborted.  When the connection is lost, every waiting
+    request fails with the reason.
 
     @ivar framing: C{"raw"}, C{"line"} or C{"length"}.
+    @ivar maxLength: the longest reply accepted.
     @ivar answered: replies delivered so far.
     @ivar unexpected: bytes received that answer no request (data when none
         waits, or an incomplete reply at the end): a sign that the server's
         framing is not C{framing}.
+    @ivar firstBytes: the first L{FIRST_BYTES} bytes the server sent, for
+        telling what it speaks when it does not answer as an echo (a TLS
+        server's alert starts with C{0x15 0x03}).
     """
 
     _log = Logger()
@@ -253,24 +434,35 @@ class EchoClient(Protocol):
         @param timeout: seconds allowed for each reply, or L{None} for no limit.
         @param quietPeriod: raw framing: how long the server must stay quiet
             before a reply counts as complete.
-        @param maxLength: the longest reply accepted (line and length framings).
+        @param maxLength: the longest reply accepted, in bytes (without its
+            framing).
         @raise ValueError: for an unknown framing.
         """
         self._decoder = decoderFor(framing, maxLength)
         self.framing = framing
+        self.maxLength = maxLength
         self._clock = clock
         self._quietPeriod = quietPeriod
         self._replies = _ReplyQueue(
             clock, timeout, self._abort, self._write, oneAtATime=framing == "raw"
         )
-        # Raw framing: the reply received so far to the request at the head.
+        # Raw framing: the reply received so far to the request at the head,
+        # how many of its first bytes were found to match the request, and
+        # the server's suffix once a reply has shown it (None: not known).
         self._raw: list[bytes] = []
         self._rawLength = 0
+        self._rawChecked = 0
+        self._suffix: bytes | None = None
+        # Line framing: the start of the line in progress (as much of it as
+        # its check needs).
+        self._partial = b""
         self._quietTimer: IDelayedCall | None = None
         self._closed: Failure | None = None
+        self._aborted = False
         self._lost = False
         self.answered = 0
         self.unexpected = 0
+        self.firstBytes = b""
         self._disconnectWaiters: list[Deferred[None]] = []
 
     @classmethod
@@ -288,7 +480,7 @@ class EchoClient(Protocol):
 
         @param reactor: the reactor to connect with; also the clock.
         @param endpoint: a stream client endpoint, or a client endpoint string
-            such as C{"tcp:host=127.0.0.1:port=8081"}.
+            as L{clientEndpoint} takes, such as C{"tcp:host=127.0.0.1:port=8081"}.
         @param timeout: seconds allowed to connect, and for each reply; L{None}
             for no limit.
         @return: a L{Deferred} that fires with the connected L{EchoClient}, or
@@ -298,7 +490,7 @@ class EchoClient(Protocol):
         """
         client = cls(reactor, framing, timeout, quietPeriod, maxLength)
         if isinstance(endpoint, str):
-            endpoint = clientFromString(reactor, endpoint)
+            endpoint = clientEndpoint(reactor, endpoint)
         return _withTimeout(connectProtocol(endpoint, client), timeout, reactor)
 
     def request(self, message: bytes) -> Deferred[bytes]:
@@ -307,9 +499,11 @@ class EchoClient(Protocol):
 
         @return: a L{Deferred} that fires with the reply (without its framing),
             or fails with L{ReplyTimeout}, the reason the connection was lost,
-            L{MessageTooLong} for an over-long reply, or L{ValueError} for a
-            message the framing cannot carry (an empty raw message, a line
-            message with a newline).
+            L{MessageTooLong} for an over-long reply, L{WrongReply} for one
+            that does not start with C{message}, L{ServerError} for the
+            server's refusal, or L{ValueError} for a message the framing
+            cannot carry (an empty raw message, a line message with a
+            newline).
         """
         if self._closed is not None or self.transport is None:
             return fail(self._closed or ConnectionDone("not connected"))
@@ -319,7 +513,7 @@ class EchoClient(Protocol):
             data = encode(self.framing, message)
         except ValueError as error:
             return fail(error)
-        return self._replies.expect(data).deferred
+        return self._replies.expect(data, message).deferred
 
     def close(self) -> Deferred[None]:
         """
@@ -346,66 +540,140 @@ class EchoClient(Protocol):
         return waiter
 
     def dataReceived(self, data: bytes) -> None:
+        if len(self.firstBytes) < FIRST_BYTES:
+            self.firstBytes += data[: FIRST_BYTES - len(self.firstBytes)]
+        if self._aborted:
+            return
         if self.framing == "raw":
             self._rawReceived(data)
             return
         try:
             replies = self._decoder.feed(data)
         except MessageTooLong as error:
-            self._deliver(error.messages)
-            self._replies.failAll(Failure(error))
-            self._abort(error)
+            if self._deliver(error.messages):
+                self._giveUp(error)
             return
-        self._deliver(replies)
+        if self._deliver(replies) and self.framing == "line":
+            self._checkPartialLine(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._closed is None:
             self._closed = reason
         self._stopQuietTimer()
-        if self.framing == "raw":
-            # The server closing the connection ends the reply in progress.
-            if self._raw and self._replies.head is not None:
-                self._completeRaw()
-        else:
-            replies, dropped = self._decoder.finish()
-            self._deliver(replies)
-            if dropped:
-                self.unexpected += dropped
-                self._log.warn("{dropped} bytes of an incomplete reply dropped", dropped=dropped)
+        if not self._aborted:
+            if self.framing == "raw":
+                # The server closing the connection ends the reply in progress.
+                if self._raw and self._replies.head is not None:
+                    self._completeRaw()
+            else:
+                replies, dropped = self._decoder.finish()
+                self._deliver(replies)
+                if dropped:
+                    self.unexpected += dropped
+                    self._log.warn(
+                        "{dropped} of an incomplete reply dropped", dropped=plural(dropped, "byte")
+                    )
         self._replies.failAll(self._closed)
         self._lost = True
         waiters, self._disconnectWaiters = self._disconnectWaiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    def _deliver(self, replies: list[bytes]) -> None:
+    def _deliver(self, replies: list[bytes]) -> bool:
+        """
+        Hand out complete replies, in order, each to its request.
+
+        @return: whether the stream is still in step (no wrong reply).
+        """
         for reply in replies:
-            if self._replies.head is None:
+            head = self._replies.head
+            if head is None:
                 self.unexpected += len(reply)
-                self._log.warn("unexpected reply dropped: {reply!r}", reply=reply)
+                self._log.warn("unexpected reply dropped: {reply}", reply=escape(reply, limit=200))
                 continue
+            if self.framing == "line":
+                reply = stripLineEnding(reply)
+            if not reply.startswith(head.message):
+                self._giveUp(self._wrong(head.message, reply))
+                return False
             self.answered += 1
-            self._replies.complete(stripLineEnding(reply) if self.framing == "line" else reply)
+            self._replies.complete(reply)
+        return True
+
+    def _wrong(self, message: bytes, reply: bytes) -> Exception:
+        # A line server's refusal is not an echo of a message that itself
+        # starts with "error: " (that reply did start with its message).
+        if self.framing == "line" and reply.startswith(ERROR_PREFIX):
+            return ServerError(reply)
+        return WrongReply(message, reply)
+
+    def _checkPartialLine(self, data: bytes) -> None:
+        # A line that does not start as its request's does is wrong before
+        # its end arrives (a server that streams without newlines, a TLS
+        # alert): check the start of the line in progress.
+        head = self._replies.head
+        if head is None:
+            return
+        end = data.rfind(b"\n")
+        need = max(len(head.message), len(ERROR_PREFIX))
+        if end >= 0:
+            self._partial = data[end + 1 : end + 1 + need]
+        elif len(self._partial) < need:
+            self._partial += data[: need - len(self._partial)]
+        else:
+            return
+        start = self._partial[: len(head.message)]
+        if head.message.startswith(start) or ERROR_PREFIX.startswith(self._partial[: len(ERROR_PREFIX)]):
+            return
+        self._giveUp(WrongReply(head.message, self._partial))
 
     def _rawReceived(self, data: bytes) -> None:
+        # Raw framing's hot path: one call per read of a reply.
         head = self._replies.head
         if head is None:
             self.unexpected += len(data)
-            self._log.warn("unexpected data dropped: {data!r}", data=data)
+            self._log.warn("unexpected data dropped: {data}", data=escape(data, limit=200))
             return
+        request = head.data
+        checked = self._rawChecked
+        if checked < RAW_PIECE and checked < len(request):
+            # Wrong as soon as its first bytes differ from the request's.
+            piece = data[: min(len(request), RAW_PIECE) - checked]
+            if request[checked : checked + len(piece)] != piece:
+                self._giveUp(WrongReply(request, b"".join(self._raw) + data[: self.maxLength]))
+                return
+            self._rawChecked += len(piece)
         self._raw.append(data)
         self._rawLength += len(data)
+        if self._rawLength > self.maxLength:
+            self._giveUp(MessageTooLong(self._rawLength, self.maxLength, []))
+            return
+        if self._rawLength < len(request):
+            return
+        suffix = self._suffix
+        if suffix is not None and self._rawLength == len(request) + len(suffix):
+            # Exactly the request and the suffix the server has shown: complete now.
+            reply = b"".join(self._raw)
+            if reply.startswith(request) and reply.endswith(suffix):
+                self._stopQuietTimer()
+                self._completeRaw(reply)
+                return
         # The reply holds at least the message; it is complete once the
         # server has been quiet for a while.  Every new byte restarts the wait.
-        if self._rawLength >= len(head.data):
-            self._stopQuietTimer()
-            self._quietTimer = self._clock.callLater(self._quietPeriod, self._completeRaw)
+        self._stopQuietTimer()
+        self._quietTimer = self._clock.callLater(self._quietPeriod, self._completeRaw)
 
-    def _completeRaw(self) -> None:
+    def _completeRaw(self, reply: bytes | None = None) -> None:
+        # reply: given when it fits the learnt suffix; else the reply ended
+        # by the quiet period or a close, which shows the suffix afresh.
         self._quietTimer = None
-        reply = b"".join(self._raw)
+        if reply is None:
+            reply = b"".join(self._raw)
+            request = self._replies.head.data if self._replies.head is not None else b""
+            self._suffix = reply[len(request) :] if reply.startswith(request) else None
         self._raw = []
         self._rawLength = 0
+        self._rawChecked = 0
         self.answered += 1
         self._replies.complete(reply)
 
@@ -420,11 +688,20 @@ class EchoClient(Protocol):
                 self._quietTimer.cancel()
             self._quietTimer = None
 
+    def _giveUp(self, error: Exception) -> None:
+        # A reply that is wrong or too long: nothing later can be matched.
+        failure = Failure(error)
+        self._abort(error)
+        self._replies.failAll(failure)
+
     def _abort(self, error: Exception) -> None:
         # The stream is out of step with the requests: give up on it.
         self._stopQuietTimer()
+        self._aborted = True
         if self._closed is None:
             self._closed = Failure(error)
+        self._raw = []
+        self._rawLength = 0
         if self.transport is not None:
             self.transport.abortConnection()
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
+from twisted.internet.endpoints import TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -19,7 +20,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab import EchoClient, defaults
-from tcplab.client import DatagramEchoClient, ReplyTimeout
+from tcplab.client import (
+    RAW_PIECE,
+    DatagramEchoClient,
+    ReplyTimeout,
+    ServerError,
+    WrongReply,
+    clientEndpoint,
+)
 from tcplab.framing import MessageTooLong, encode
 from tcplab.server import EchoServerFactory
 from tests.streams import cutAt
@@ -156,11 +164,28 @@ class FramedClientTestsMixin:
         pump.flush()
         self.assertEqual(self.successResultOf(first), b"hiSB")
         if self.framing == "line":
-            # The line server explains itself, in a line: the reply to "second".
-            self.assertIn(b"longer than 4 bytes", self.successResultOf(second))
+            # The line server explains itself, in a line: the answer to
+            # "second", which fails with it, and so does "third".
+            error = self.failureResultOf(second, ServerError).value
+            self.assertEqual(error.notice, b"error: line longer than 4 bytes; closing")
+            self.failureResultOf(third, ServerError)
         else:
             self.failureResultOf(second, ConnectionDone)
-        self.failureResultOf(third, ConnectionDone)
+            self.failureResultOf(third, ConnectionDone)
+
+    def test_wrongReplyFailsEveryRequest(self) -> None:
+        """
+        A reply that does not start with its request fails with
+        L{WrongReply}, carrying the reply; the requests after it fail too,
+        and the connection is aborted.
+        """
+        client, transport, clock = alone(self.framing)
+        first, second = client.request(b"hi"), client.request(b"ho")
+        client.dataReceived(encode(self.framing, b"nope") + encode(self.framing, b"hoSB"))
+        error = self.failureResultOf(first, WrongReply).value
+        self.assertEqual((error.request, error.reply), (b"hi", b"nope"))
+        self.failureResultOf(second, WrongReply)
+        self.assertTrue(transport.disconnected)
 
     def test_incompleteReplyFailsOnClose(self) -> None:
         """
@@ -230,6 +255,69 @@ class LineClientTests(FramedClientTestsMixin, SynchronousTestCase):
         reply = client.request(b"hi")
         client.dataReceived(b"hiSB\r\n")
         self.assertEqual(self.successResultOf(reply), b"hiSB")
+
+    def test_serverErrorLine(self) -> None:
+        """
+        A line that does not start with its request but with C{error: } is
+        the server's refusal: the request fails with L{ServerError} holding
+        the line, and so do the others.
+        """
+        client, transport, clock = alone("line")
+        first, second = client.request(b"hi"), client.request(b"ho")
+        client.dataReceived(b"error: server busy (1 connection); try again later\r\n")
+        error = self.failureResultOf(first, ServerError).value
+        self.assertEqual(error.notice, b"error: server busy (1 connection); try again later")
+        self.failureResultOf(second, ServerError)
+        self.assertTrue(transport.disconnected)
+
+    def test_echoOfAnErrorMessageIsAReply(self) -> None:
+        """
+        The echo of a message that itself starts with C{error: } is its reply.
+        """
+        client, pump, clock = connect("line")
+        reply = client.request(b"error: mine")
+        pump.flush()
+        self.assertEqual(self.successResultOf(reply), b"error: mineSB")
+
+    def test_wrongLineFailsBeforeItsEnd(self) -> None:
+        """
+        A line whose first bytes are neither its request's nor C{error: }
+        fails at once, before its newline arrives (a server that streams
+        without newlines, or answers in TLS).
+        """
+        client, transport, clock = alone("line")
+        ok, reply = client.request(b"one"), client.request(b"two")
+        client.dataReceived(b"oneSB\ntw")
+        self.assertEqual(self.successResultOf(ok), b"oneSB")
+        self.assertNoResult(reply)
+        client.dataReceived(b"x")
+        self.assertEqual(self.failureResultOf(reply, WrongReply).value.reply, b"twx")
+        self.assertTrue(transport.disconnected)
+
+    def test_startOfAnErrorLineWaits(self) -> None:
+        """
+        A line in progress that may be the start of the server's error
+        notice waits for its end.
+        """
+        client, transport, clock = alone("line")
+        reply = client.request(b"hi")
+        client.dataReceived(b"err")
+        client.dataReceived(b"or: server busy")
+        self.assertNoResult(reply)
+        client.dataReceived(b"\n")
+        self.failureResultOf(reply, ServerError)
+
+    def test_firstBytesAreKept(self) -> None:
+        """
+        The first bytes the server sent are kept in C{firstBytes}, at most
+        16 of them, for telling what the server speaks.
+        """
+        client, transport, clock = alone("line")
+        reply = client.request(b"hi")
+        client.dataReceived(b"\x15\x03\x03\x00\x02\x02\n" + b"x" * 20)
+        self.assertEqual(client.firstBytes, b"\x15\x03\x03\x00\x02\x02\n" + b"x" * 9)
+        self.failureResultOf(reply, WrongReply)
+        self.failureResultOf(client.request(b"ho"), WrongReply)
 
     def test_messageWithNewlineIsRejected(self) -> None:
         """
@@ -371,6 +459,147 @@ class RawClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(reply), b"hi")
         self.assertEqual((client.answered, client.unexpected), (1, 6))
 
+    def test_replyOverMaxLengthFails(self) -> None:
+        """
+        A reply longer than C{maxLength} (a server that streams without end)
+        fails with L{MessageTooLong} as soon as it is too long, with no
+        timeout needed, and the connection is aborted.
+        """
+        client, transport, clock = alone("raw", timeout=None, maxLength=10)
+        reply, queued = client.request(b"hi"), client.request(b"ho")
+        client.dataReceived(b"hi" + b"x" * 8)
+        self.assertNoResult(reply)
+        client.dataReceived(b"x")
+        error = self.failureResultOf(reply, MessageTooLong).value
+        self.assertEqual((error.length, error.maxLength), (11, 10))
+        self.failureResultOf(queued, MessageTooLong)
+        self.assertTrue(transport.disconnected)
+        client.dataReceived(b"x" * 100)
+        self.assertEqual(client._raw, [])
+
+    def test_wrongReplyFailsAtOnce(self) -> None:
+        """
+        A reply whose first bytes are not its request's fails with
+        L{WrongReply} as soon as they arrive, without the quiet period; the
+        requests after it fail too, and the connection is aborted.
+        """
+        client, transport, clock = alone("raw")
+        reply, queued = client.request(b"hello"), client.request(b"two")
+        client.dataReceived(b"he")
+        self.assertNoResult(reply)
+        client.dataReceived(b"y!")
+        error = self.failureResultOf(reply, WrongReply).value
+        self.assertEqual((error.request, error.reply), (b"hello", b"hey!"))
+        self.failureResultOf(queued, WrongReply)
+        self.assertTrue(transport.disconnected)
+
+    def test_longRequestAnsweredInPieces(self) -> None:
+        """
+        A server that answers each read of a long request with its suffix
+        (the lesson's answers every C{recv(1024)}) is still an echo: only the
+        reply's first L{RAW_PIECE} bytes must be the request's.
+        """
+        client, transport, clock = alone("raw")
+        message = b"x" * 3000
+        reply = client.request(message)
+        pieces = [message[:RAW_PIECE], message[RAW_PIECE : 2 * RAW_PIECE], message[2 * RAW_PIECE :]]
+        answer = b"".join(piece + b"SB" for piece in pieces)
+        client.dataReceived(answer)
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(reply), answer)
+
+    def test_learntSuffixEndsLaterReplies(self) -> None:
+        """
+        Once a reply has shown the server's suffix, a later reply is
+        complete as soon as its request and that suffix have arrived, even
+        in several reads, without waiting for the quiet period.
+        """
+        client, transport, clock = alone("raw")
+        first = client.request(b"one")
+        client.dataReceived(b"oneSB")
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(first), b"oneSB")
+        second = client.request(b"two")
+        for chunk in (b"tw", b"oS"):
+            client.dataReceived(chunk)
+            self.assertNoResult(second)
+        client.dataReceived(b"B")
+        self.assertEqual(self.successResultOf(second), b"twoSB")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_learntEmptySuffix(self) -> None:
+        """
+        An echo with no suffix (RFC 862) is learnt too.
+        """
+        client, transport, clock = alone("raw")
+        first = client.request(b"one")
+        client.dataReceived(b"one")
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(first), b"one")
+        second = client.request(b"two")
+        client.dataReceived(b"two")
+        self.assertEqual(self.successResultOf(second), b"two")
+
+    def test_replyNotFittingTheSuffixWaits(self) -> None:
+        """
+        A later reply longer than its request and the learnt suffix, or with
+        other bytes in their place, waits for the quiet period as the first
+        did, and shows the suffix afresh.
+        """
+        client, transport, clock = alone("raw")
+        first = client.request(b"one")
+        client.dataReceived(b"oneSB")
+        clock.advance(QUIET)
+        second = client.request(b"two")
+        client.dataReceived(b"twoXY")
+        self.assertNoResult(second)
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(second), b"twoXY")
+        third = client.request(b"three")
+        client.dataReceived(b"threeXY!")
+        self.assertNoResult(third)
+        clock.advance(QUIET)
+        self.assertEqual(self.successResultOf(third), b"threeXY!")
+        self.assertEqual(self.successResultOf(first), b"oneSB")
+
+    def test_bytesPastALearntReplyAreAWrongReply(self) -> None:
+        """
+        Bytes a server sends after a reply that fitted the learnt suffix
+        (its suffix grew) are taken for the next reply, which then does not
+        start with its request: it fails as a wrong reply rather than being
+        printed wrong.
+        """
+        client, transport, clock = alone("raw")
+        first, second, third = client.request(b"one"), client.request(b"two"), client.request(b"six")
+        client.dataReceived(b"oneSB")
+        clock.advance(QUIET)
+        client.dataReceived(b"twoSB")
+        self.assertEqual(self.successResultOf(second), b"twoSB")
+        client.dataReceived(b"!")
+        self.assertEqual(self.failureResultOf(third, WrongReply).value.reply, b"!")
+        self.assertEqual(self.successResultOf(first), b"oneSB")
+
+    @given(
+        suffix=st.sampled_from([b"", b"SB", "好".encode()]),
+        messages=st.lists(st.binary(min_size=1, max_size=30), min_size=1, max_size=6),
+        cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=6),
+    )
+    def test_learntSuffixUnderAnyChunking(
+        self, suffix: bytes, messages: list[bytes], cuts: list[int]
+    ) -> None:
+        """
+        However each reply is cut into reads, every reply after the first
+        is complete, and right, without the clock moving.
+        """
+        client, transport, clock = alone("raw")
+        for index, message in enumerate(messages):
+            reply = client.request(message)
+            for chunk in cutAt(message + suffix, cuts):
+                client.dataReceived(chunk)
+            if index == 0:
+                clock.advance(QUIET)
+            self.assertEqual(self.successResultOf(reply), message + suffix)
+
 
 class EchoClientTests(SynchronousTestCase):
     """
@@ -504,6 +733,60 @@ class EchoClientTests(SynchronousTestCase):
         An unknown framing is refused with L{ValueError}.
         """
         self.assertRaises(ValueError, EchoClient, Clock(), framing="xml")
+
+
+class ClientEndpointTests(SynchronousTestCase):
+    """
+    L{clientEndpoint} takes every endpoint form the client's help shows.
+    """
+
+    def endpoint(self, description: str) -> object:
+        return clientEndpoint(MemoryReactorClock(), description)
+
+    def test_tcp(self) -> None:
+        """
+        C{tcp:host=H:port=P}, and Twisted's C{tcp:H:P}.
+        """
+        for description in ("tcp:host=127.0.0.1:port=8081", "tcp:127.0.0.1:8081"):
+            endpoint = self.endpoint(description)
+            self.assertEqual((endpoint._host, endpoint._port), ("127.0.0.1", 8081))  # type: ignore[attr-defined]
+
+    def test_tcp6(self) -> None:
+        """
+        C{tcp6:host=H:port=P} makes a L{TCP6ClientEndpoint}, with the IPv6
+        address written plainly or with its colons escaped.
+        """
+        for description in ("tcp6:host=::1:port=8081", r"tcp6:host=\:\:1:port=8081", "tcp6:port=8081:host=::1"):
+            endpoint = self.endpoint(description)
+            self.assertIsInstance(endpoint, TCP6ClientEndpoint)
+            self.assertEqual((endpoint._host, endpoint._port), ("::1", 8081))  # type: ignore[attr-defined]
+        endpoint = self.endpoint("tcp6:host=fe80::1:port=9:timeout=3")
+        self.assertEqual((endpoint._host, endpoint._timeout), ("fe80::1", 3))  # type: ignore[attr-defined]
+
+    def test_unix(self) -> None:
+        """
+        C{unix:path=P}.
+        """
+        self.assertEqual(self.endpoint("unix:path=/tmp/echo.sock")._path, "/tmp/echo.sock")  # type: ignore[attr-defined]
+
+    def test_missingParts(self) -> None:
+        """
+        A host, port or path left out is named in a one-line L{ValueError}.
+        """
+        for description, message in [
+            ("tcp:host=127.0.0.1", "needs a port (port=...)"),
+            ("tcp6:host=::1", "needs a port"),
+            ("tcp6:port=8081", "needs a host"),
+            ("tcp:", "needs a host"),
+            ("unix:path=", "needs a path"),
+            ("tcp6:host=::1:port=70000", "port 70000 is out of range"),
+            ("tcp:host=a:port=0", "cannot connect to port 0"),
+            ("tcp6:host=::1:port=1:colour=red", "unknown tcp6 parameter 'colour'"),
+            ("nonsense:x", "Unknown endpoint type"),
+        ]:
+            error = self.assertRaises(ValueError, self.endpoint, description)
+            self.assertIn(message, str(error), description)
+            self.assertNotIn("\n", str(error))
 
 
 class PipeliningPropertyTests(SynchronousTestCase):

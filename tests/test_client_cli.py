@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pexpect
+import trustme
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -20,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tcplab import EchoClient, __version__
 from tcplab.cli import ClientOptions, ConsoleProtocol, OutputError, ReplyPrinter
@@ -75,6 +81,15 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual((options["port"], options["messages"], options["framing"]), (9000, [b"a"], "line"))
         self.assertEqual(parse("-m", "-x", "--", "::1")["messages"], [b"-x"])
 
+    def test_connectShortOptionIsE(self) -> None:
+        """
+        C{-e} is C{--connect} (the endpoint), as in C{tcplab bench}; the
+        client has no C{-c}.
+        """
+        options = parse("-e", "tcp6:host=::1:port=9000")
+        self.assertEqual(options["connect"], options["address"])
+        self.assertEqual(options["connect"], "tcp6:host=::1:port=9000")
+
     def test_zeroTimeoutMeansNone(self) -> None:
         """
         C{--timeout 0} means no limit.
@@ -100,6 +115,10 @@ class ClientOptionsTests(SynchronousTestCase):
             (["--timeout", "soon"], "--timeout: invalid duration"),
             (["-m", ""], "empty"),
             (["--framing", "line", "-m", "a\nb"], "newline"),
+            (["--connect", "tcp:host=127.0.0.1"], "needs a port (port=...)"),
+            (["--connect", "tcp6:host=::1"], "needs a port"),
+            (["--connect", "unix:path="], "needs a path"),
+            (["-c", "tcp:host=a:port=1"], "option -c not recognized"),
         ]:
             error = self.assertRaises(usage.UsageError, parse, *args)
             self.assertIn(message, str(error), args)
@@ -562,6 +581,264 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertIn(b"Usage: tcplab client [options] [HOST] [PORT]", result.stdout)
         version = run("--version")
         self.assertEqual((version.returncode, version.stdout.decode()), (0, f"tcplab {__version__}\n"))
+
+
+class BadServerTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    C{tcplab client} against servers that do not answer as echo servers:
+    one line on stderr, status 1, never a hang or unbounded memory.
+    """
+
+    def fake(self, answer: Callable[[socket.socket], None]) -> int:
+        """
+        A server on 127.0.0.1 that accepts one connection, reads once, and
+        then lets C{answer} write what it likes; it stops after the test.
+        """
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(LIMIT)
+        self.addCleanup(listener.close)
+
+        def serve() -> None:
+            try:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.settimeout(LIMIT)
+                    connection.recv(1024)
+                    answer(connection)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, LIMIT)
+        return listener.getsockname()[1]
+
+    def test_rawStreamWithoutEnd(self) -> None:
+        """
+        A raw server that streams without end (and so never goes quiet)
+        ends the reply at the client's limit, even with no timeout.
+        """
+
+        def stream(connection: socket.socket) -> None:
+            block = b"hi" + b"x" * 65534
+            while True:
+                connection.sendall(block)
+                block = b"x" * 65536
+
+        port = self.fake(stream)
+        result = run("-t", "0", "-m", "hi", "127.0.0.1", str(port))
+        self.assertFails(result, 1, f"127.0.0.1:{port}", "or more is over the 16777216-byte limit")
+
+    def test_rawWrongReply(self) -> None:
+        """
+        A raw reply that does not start with the message is reported,
+        escaped, with status 1, rather than printed.
+        """
+        port = self.fake(lambda connection: connection.sendall(b"no\x1b[2J echo here"))
+        result = run("-m", "hi", "127.0.0.1", str(port))
+        self.assertEqual(result.stdout, b"")
+        self.assertFails(result, 1, "wrong reply (it does not start with the message): no\\x1b[2J echo here")
+
+    def test_lineServerBusy(self) -> None:
+        """
+        A line server's refusal (over its connection limit) is an error,
+        not a reply.
+        """
+        server = self.server("--framing", "line", "--max-connections", "1")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=LIMIT) as holder:
+            holder.sendall(b"x\n")
+            holder.recv(16)
+            result = run("-f", "line", "-m", "hi", "127.0.0.1", str(server.port))
+        self.assertFails(result, 1, "the server refused: error: server busy (1 connection")
+
+    def test_lineTooLong(self) -> None:
+        """
+        A line server's notice of an overlong line is an error, not a reply;
+        the replies before it are printed.
+        """
+        server = self.server("--framing", "line", "--max-length", "4", "--suffix", "SB")
+        result = run("-f", "line", "-m", "ok", "-m", "too long", "127.0.0.1", str(server.port))
+        self.assertEqual(result.stdout, b"okSB\n")
+        self.assertFails(result, 1, "the server refused: error: line longer than 4 bytes; closing")
+
+    def test_lineWrongReply(self) -> None:
+        """
+        A line reply that does not start with its message: status 1.
+        """
+        port = self.fake(lambda connection: connection.sendall(b"nope\n"))
+        self.assertFails(run("-f", "line", "-m", "hi", "127.0.0.1", str(port)), 1, "wrong reply", ": nope")
+
+
+class RawSuffixTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    Piped raw sessions learn the server's suffix from the first reply.
+    """
+
+    def test_pipedRawIsQuick(self) -> None:
+        """
+        2000 piped lines against C{twist tcplab --suffix SB} (raw) finish in
+        seconds, not one quiet period each, and every reply is right.
+        """
+        server = self.server("--suffix", "SB")
+        lines = b"".join(b"line %d\n" % n for n in range(2000))
+        started = time.monotonic()
+        result = run("127.0.0.1", str(server.port), input=lines)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertSucceeds(result, "".join(f"line {n}SB\n" for n in range(2000)))
+
+    def test_pipedRawWithoutSuffix(self) -> None:
+        """
+        A server with no suffix (RFC 862) too.
+        """
+        server = self.server()
+        lines = b"".join(b"%d\n" % n for n in range(500))
+        self.assertSucceeds(run("127.0.0.1", str(server.port), input=lines), lines.decode())
+
+
+#: How C{twist tcplab} logs the start of any listening endpoint.
+_STARTED = re.compile(r"EchoServerFactory (?:\(TLS\) )?starting on (\d+|'[^']*')")
+
+
+class AnyServerProcess(ServerProcess):
+    """
+    A L{ServerProcess} on any endpoint: its start is logged otherwise on a
+    TLS port or a UNIX socket (C{port} is 0 for a socket).
+    """
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = _STARTED.search(line)
+            if self.port is None and match:
+                self.port = int(match.group(1)) if match.group(1).isdigit() else 0
+                self._started.set()
+        self._started.set()
+
+
+def hasIPv6() -> bool:
+    """
+    Whether ::1 can be bound here.
+    """
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class EndpointFormTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    Every endpoint form the client's help shows works end to end: tcp,
+    tcp6, unix (tls: see L{TLSTests}).
+    """
+
+    def test_help(self) -> None:
+        """
+        The help names the forms these tests try.
+        """
+        help = run("--help").stdout.decode()
+        for form in ("tcp:host=", "tcp6:host=::1:port=", "unix:path=", "tls:", "-e, --connect="):
+            self.assertIn(form, help)
+
+    def test_tcp(self) -> None:
+        """
+        C{-e tcp:host=H:port=P}.
+        """
+        server = self.server("--suffix", "SB")
+        self.assertSucceeds(run("-e", f"tcp:host=127.0.0.1:port={server.port}", "-m", "a"), "aSB\n")
+
+    def test_tcp6(self) -> None:
+        """
+        C{--connect tcp6:host=::1:port=P}, written plainly or escaped.
+        """
+        if not hasIPv6():
+            raise SkipTest("no IPv6 on this host")
+        server = AnyServerProcess("--suffix", "SB", listen=r"tcp6:0:interface=\:\:1")
+        self.addCleanup(server.stop)
+        for endpoint in (f"tcp6:host=::1:port={server.port}", rf"tcp6:host=\:\:1:port={server.port}"):
+            self.assertSucceeds(run("--connect", endpoint, "-m", "a"), "aSB\n")
+
+    def test_unix(self) -> None:
+        """
+        C{--connect unix:path=P}.
+        """
+        directory = tempfile.mkdtemp(prefix="tcplab-client-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = f"{directory}/echo.sock"
+        server = AnyServerProcess("--suffix", "SB", listen=f"unix:{path}")
+        self.addCleanup(server.stop)
+        self.assertSucceeds(run("--connect", f"unix:path={path}", "-m", "a"), "aSB\n")
+
+    def test_missingPort(self) -> None:
+        """
+        An endpoint without its port: status 2, one line naming it.
+        """
+        self.assertFails(run("--connect", "tcp:host=127.0.0.1", "-m", "hi"), 2, "needs a port (port=...)")
+
+
+class TLSTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    Against C{twist tcplab} on a TLS port (a certificate for 127.0.0.1 from
+    a C{trustme} CA): C{tls:} works, and plain text sent there is blamed on
+    TLS, not on the framing.
+    """
+
+    def setUp(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="tcplab-tls-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        authority = trustme.CA()
+        certificate = authority.issue_cert("127.0.0.1")
+        certificate.private_key_pem.write_to_path(str(directory / "key.pem"))
+        certificate.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+        (directory / "roots").mkdir()
+        authority.cert_pem.write_to_path(str(directory / "roots" / "ca.pem"))
+        self.roots = directory / "roots"
+        listen = (
+            f"ssl:0:interface=127.0.0.1:privateKey={directory / 'key.pem'}:certKey={directory / 'cert.pem'}"
+        )
+        self.tls = AnyServerProcess("--suffix", "SB", listen=listen)
+        self.addCleanup(self.tls.stop)
+        self.address = ["127.0.0.1", str(self.tls.port)]
+
+    def test_tlsEndpoint(self) -> None:
+        """
+        C{--connect tls:H:P:trustRoots=DIR} talks TLS.
+        """
+        endpoint = f"tls:127.0.0.1:{self.tls.port}:trustRoots={self.roots}"
+        self.assertSucceeds(run("--connect", endpoint, "-m", "你好"), "你好SB\n")
+
+    def test_closedAtOnce(self) -> None:
+        """
+        A TLS server closes at once on plain text: in length framing only
+        TLS explains that; in raw and line framing a length server would
+        too, so the hint names both.
+        """
+        useTLS = f"use --connect tls:127.0.0.1:{self.tls.port}"
+        self.assertFails(
+            run("-f", "length", "-m", "hi", *self.address), 1, f"the server seems to speak TLS: {useTLS}"
+        )
+        for framing in ("raw", "line"):
+            self.assertFails(
+                run("-f", framing, "-m", "hello", *self.address),
+                1,
+                "connection closed by the server",
+                f"does the server speak TLS ({useTLS}) or --framing length?",
+            )
+
+    def test_alert(self) -> None:
+        """
+        A TLS alert record in answer (what a TLS server sends to bytes that
+        look like a broken handshake): the server speaks TLS, whatever the
+        framing.
+        """
+        useTLS = f"use --connect tls:127.0.0.1:{self.tls.port}"
+        # A handshake record of 257 bytes (no NUL: it goes in argv) that is no handshake.
+        record = "\x16\x03\x01\x01\x01" + "h" * 257
+        for framing in ("raw", "line"):
+            result = run("-f", framing, "-m", record, *self.address)
+            self.assertFails(result, 1, "wrong reply", f"the server seems to speak TLS: {useTLS}")
 
 
 class SeedServerTests(CommandTestsMixin, SynchronousTestCase):
