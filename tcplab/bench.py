@@ -42,7 +42,7 @@ from typing import IO, Any
 from twisted.python import usage
 
 from tcplab import coerce, defaults
-from tcplab.framing import encode
+from tcplab.framing import checkSuffix, encode
 
 #: Bytes asked of the kernel per read.  Reads go into one buffer allocated
 #: once: a C{recv} of this size allocates a new buffer per call, above glibc's
@@ -145,6 +145,10 @@ class BenchOptions(coerce.CommandOptions):
         if self["processes"] > self["connections"]:
             raise usage.UsageError("--processes must not exceed --connections")
         self["suffix"] = coerce.utf8(self["suffix"])
+        try:
+            checkSuffix(self["framing"], self["suffix"])
+        except ValueError as error:
+            raise usage.UsageError(f"--suffix: {error}") from None
         if self["framing"] == "raw" and self["suffix"]:
             raise usage.UsageError(
                 "--suffix needs line or length framing: a raw echo's replies "

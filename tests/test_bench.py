@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from io import StringIO
 
 from twisted.internet import reactor, threads
@@ -17,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tcplab import cli
 from tcplab.bench import (
     RECV_SIZE,
     BenchOptions,
@@ -312,6 +314,29 @@ class BenchOptionsTests(SynchronousTestCase):
     """
     L{BenchOptions} checks the command line.
     """
+
+    def command(self, *argv: str) -> tuple[int, str]:
+        """
+        Run C{tcplab bench ARGV} as the C{tcplab} command does.
+
+        @return: the exit code and what it printed to stderr.
+        """
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        return cli.main(["bench", *argv]), err.getvalue()
+
+    def test_suffixBreakingLineFraming(self) -> None:
+        """
+        In line framing, a suffix with a newline inside or a trailing C{\\r}
+        would make every reply two lines or a C{\\r\\n} ending: it is refused
+        in one line with C{checkSuffix}'s reason, as the server refuses it,
+        and the command exits 2.
+        """
+        for suffix, reason in [
+            ("a\nb", "a line framing suffix cannot contain a newline (\\n): it would split every reply in two"),
+            ("SB\r", "a line framing suffix cannot end in \\r: with the line's \\n it would read as a \\r\\n ending"),
+        ]:
+            self.assertEqual(self.command("-f", "line", "--suffix", suffix), (2, f"tcplab bench: --suffix: {reason}\n"))
 
     def test_defaults(self) -> None:
         """
