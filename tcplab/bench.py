@@ -27,6 +27,7 @@ how many replies were wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import multiprocessing
@@ -88,9 +89,12 @@ class BenchOptions(coerce.CommandOptions):
     optParameters = [
         [
             "connect",
+            "e",
             None,
-            None,
-            "A client endpoint: tcp:host=H:port=P, tcp6:host=H:port=P or unix:path=P.",
+            "Connect to this endpoint instead of HOST PORT: tcp:host=H:port=P, "
+            "tcp6:host=H:port=P or unix:path=FILE, or Twisted's short forms "
+            "tcp:H:P and unix:FILE; an IPv6 H is written plain (::1) or, as "
+            "Twisted escapes colons, \\:\\:1. No TLS.",
         ],
         ["connections", "c", 10, "Connections to open.", coerce.positive],
         [
@@ -196,28 +200,76 @@ def tcpAddress(host: str, port: int, family: int = socket.AF_UNSPEC) -> Address:
 def parseEndpoint(description: str) -> Address:
     """
     Parse a Twisted client endpoint string of the kinds a load generator can
-    use directly: C{tcp:host=H:port=P} (or C{tcp:H:P}), C{tcp6:...} and
+    use directly, as C{tcplab client --connect} takes them:
+    C{tcp:host=H:port=P} (or C{tcp:H:P}), C{tcp6:host=H:port=P} and
     C{unix:path=P} (or C{unix:P}).  Colons inside a value are escaped with a
-    backslash, as in Twisted.
+    backslash, as in Twisted; an IPv6 host may also be written plain
+    (C{host=::1}).
 
-    @raise ValueError: for any other endpoint or a missing host, port or path.
+    @raise ValueError: with a one-line message, for any other endpoint (TLS
+        included), a field other than these, or a missing host, port or path.
     """
     kind, *fields = _splitEndpoint(description)
-    positional = [value for value in fields if "=" not in value]
-    named = dict(value.split("=", 1) for value in fields if "=" in value)
-    if kind in ("tcp", "tcp6"):
-        host = named.get("host", positional[0] if positional else None)
-        port = named.get("port", positional[1] if len(positional) > 1 else None)
-        if host is None or port is None:
-            raise ValueError(f"endpoint {description!r} needs a host and a port")
-        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
-        return tcpAddress(host, coerce.port(port), family)
+    kind = kind.lower()
+    if kind in ("tls", "ssl"):
+        raise ValueError(f"{kind}: endpoints are not supported: bench does not do TLS; use tcp, tcp6 or unix")
+    names = _ENDPOINT_FIELDS.get(kind)
+    if names is None:
+        raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
+    values = _endpointValues(description, fields, names)
     if kind == "unix":
-        path = named.get("path", positional[0] if positional else None)
-        if not path:
+        if not values.get("path"):
             raise ValueError(f"endpoint {description!r} needs a path")
-        return Address(socket.AF_UNIX, path)
-    raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
+        return Address(socket.AF_UNIX, values["path"])
+    if not values.get("host") or not values.get("port"):
+        raise ValueError(f"endpoint {description!r} needs a host and a port")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
+    return tcpAddress(values["host"], coerce.remotePort(values["port"]), family)
+
+
+#: The fields of each endpoint type, in the order of its short form.
+_ENDPOINT_FIELDS = {"tcp": ("host", "port"), "tcp6": ("host", "port"), "unix": ("path",)}
+
+
+def _endpointValues(description: str, fields: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    # Named fields first, then the positional ones fill the names still
+    # missing, in order (as Twisted reads tcp:host=H:P).
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    index = 0
+    while index < len(fields):
+        name, named, value = fields[index].partition("=")
+        index += 1
+        if not named:
+            positional.append(name)
+            continue
+        if name not in names:
+            raise ValueError(f"endpoint {description!r}: {name}= is not supported (only {'= '.join(names)}=)")
+        if name in values:
+            raise ValueError(f"endpoint {description!r} gives {name}= twice")
+        if name == "host":
+            # A plain IPv6 address was cut at its colons: the fields up to the
+            # next named one belong to it if, put back, they make one.
+            end = index
+            while end < len(fields) and "=" not in fields[end]:
+                end += 1
+            joined = ":".join([value, *fields[index:end]])
+            if end > index and _isIPv6(joined):
+                value, index = joined, end
+        values[name] = value
+    missing = [name for name in names if name not in values]
+    if len(positional) > len(missing):
+        raise ValueError(f"endpoint {description!r} has too many fields")
+    values.update(zip(missing, positional, strict=False))
+    return values
+
+
+def _isIPv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _splitEndpoint(description: str) -> list[str]:

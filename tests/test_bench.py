@@ -9,8 +9,12 @@ runs in a thread.  They check what is reported, never how fast.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import socket
 import sys
+import tempfile
 from io import StringIO
 
 from twisted.internet import reactor, threads
@@ -110,13 +114,13 @@ class BenchRunTests(TestCase):
     L{runBench} against a server in this process.
     """
 
-    def listen(self, factory: Factory) -> str:
+    def listen(self, factory: Factory, interface: str = "127.0.0.1") -> str:
         """
-        Listen with C{factory} on 127.0.0.1, port 0, until the test ends.
+        Listen with C{factory} on C{interface}, port 0, until the test ends.
 
         @return: the port number, as text.
         """
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = reactor.listenTCP(0, factory, interface=interface)
         if isinstance(factory, EchoServerFactory):
             # Runs after stopListening: wait for the server side of every
             # connection to close, so that no timer outlives the test.
@@ -295,6 +299,30 @@ class BenchRunTests(TestCase):
         self.assertEqual((code, summary["messages"], summary["errors"]), (1, 3, 1))
         self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
 
+    async def test_endpointForms(self) -> None:
+        """
+        Every form of C{--connect} (short option C{-e}) that its help shows
+        reaches the server it names: TCP over IPv4 and IPv6 (C{::1} plain or
+        escaped as Twisted escapes colons), and a UNIX socket.
+        """
+        factory = EchoServerFactory()
+        port4, port6 = self.listen(factory), self.listen(factory, interface="::1")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "echo.sock")
+        self.addCleanup(reactor.listenUNIX(path, factory).stopListening)
+        for option, endpoint in [
+            ("--connect", f"tcp:host=127.0.0.1:port={port4}"),
+            ("-e", f"tcp:127.0.0.1:{port4}"),
+            ("-e", f"tcp6:host=::1:port={port6}"),
+            ("-e", f"tcp6:host=\\:\\:1:port={port6}"),
+            ("-e", f"tcp:host=::1:port={port6}"),
+            ("-e", f"unix:path={path}"),
+            ("-e", f"unix:{path}"),
+        ]:
+            code, out, err = await self.bench("--json", "-c", "2", "-n", "10", option, endpoint)
+            self.assertEqual((code, err, json.loads(out)["messages"]), (0, "", 10), endpoint)
+
     async def test_refused(self) -> None:
         """
         When no connection can be made, one line on stderr and exit code 1,
@@ -353,10 +381,51 @@ class BenchOptionsTests(SynchronousTestCase):
 
     def test_connect(self) -> None:
         """
-        C{--connect} takes a Twisted client endpoint string.
+        C{--connect}, or C{-e}, takes a Twisted client endpoint string; C{-c}
+        is still C{--connections}.
         """
         self.assertEqual(str(parse("--connect", "tcp:host=127.0.0.1:port=9000")["address"]), "127.0.0.1:9000")
+        options = parse("-e", "tcp:host=127.0.0.1:port=9000", "-c", "3")
+        self.assertEqual((str(options["address"]), options["connections"]), ("127.0.0.1:9000", 3))
         self.assertEqual(str(parseEndpoint("unix:path=/tmp/echo.sock")), "/tmp/echo.sock")
+
+    def test_endpointAddresses(self) -> None:
+        """
+        An IPv6 host may be written plain or with its colons escaped, in
+        C{tcp6:} or C{tcp:}; fields may come in any order, a port may follow
+        a named host, the endpoint type's case does not matter, and an
+        escaped colon belongs to the value.
+        """
+        for endpoint, family, address in [
+            ("tcp6:host=::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:host=\\:\\:1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:port=9000:host=::1", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:host=0\\:0::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp:host=::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp:host=127.0.0.1:9000", socket.AF_INET, "127.0.0.1:9000"),
+            ("TCP:host=127.0.0.1:port=9000", socket.AF_INET, "127.0.0.1:9000"),
+            ("unix:/tmp/a\\:b", socket.AF_UNIX, "/tmp/a:b"),
+        ]:
+            parsed = parseEndpoint(endpoint)
+            self.assertEqual((parsed.family, str(parsed)), (family, address), endpoint)
+
+    def test_connectHelp(self) -> None:
+        """
+        The help of C{--connect} lists the endpoint forms that work, each of
+        which parses, and says that TLS is not supported.
+        """
+        [text] = [option[3] for option in BenchOptions.optParameters if option[0] == "connect"]
+        forms = re.findall(r"\b(?:tcp6?|unix):[^\s,;()]+", text)
+        self.assertEqual(
+            sorted(forms), ["tcp6:host=H:port=P", "tcp:H:P", "tcp:host=H:port=P", "unix:FILE", "unix:path=FILE"]
+        )
+        for form in forms:
+            host = "::1" if form.startswith("tcp6") else "127.0.0.1"
+            endpoint = form.replace("H", host).replace("P", "9000").replace("FILE", "/tmp/echo.sock")
+            self.assertIn(str(parse("--connect", endpoint)["address"]), ("127.0.0.1:9000", "[::1]:9000", "/tmp/echo.sock"))
+        self.assertIn("::1", text)
+        self.assertIn("\\:\\:1", text)
+        self.assertIn("No TLS", text)
 
     def test_rejected(self) -> None:
         """
@@ -370,8 +439,17 @@ class BenchOptionsTests(SynchronousTestCase):
             (["-c", "2", "-p", "3"], "--processes must not exceed --connections"),
             (["--size", str(2**40)], "--size must be at most"),
             (["--timeout", "0"], "--timeout must be more than 0"),
-            (["--connect", "ssl:host=127.0.0.1:port=1"], "use tcp, tcp6 or unix"),
+            (["--connect", "ssl:host=127.0.0.1:port=1"], "endpoints are not supported: bench does not do TLS"),
+            (["-e", "tls:127.0.0.1:1"], "endpoints are not supported: bench does not do TLS"),
+            (["-e", "udp:127.0.0.1:1"], "cannot benchmark over 'udp' endpoints: use tcp, tcp6 or unix"),
             (["--connect", "tcp:host=127.0.0.1"], "needs a host and a port"),
+            (["-e", "tcp:host=:port=1"], "needs a host and a port"),
+            (["-e", "tcp:host=127.0.0.1:port=0"], "cannot connect to port 0"),
+            (["-e", "tcp:host=127.0.0.1:port=1:bindAddress=127.0.0.1"], "bindAddress= is not supported (only host= port=)"),
+            (["-e", "tcp:127.0.0.1:1:2"], "too many fields"),
+            (["-e", "tcp:host=127.0.0.1:host=127.0.0.2:port=1"], "host= twice"),
+            (["-e", "tcp6:host=127.0.0.1:port=1"], "cannot resolve '127.0.0.1'"),
+            (["-e", "unix:"], "needs a path"),
             (["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"], "not both"),
             (["127.0.0.1", "70000"], "out of range"),
             (["127.0.0.1", "0"], "port 0"),
