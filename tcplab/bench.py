@@ -44,6 +44,7 @@ from twisted.python import usage
 
 from tcplab import coerce, defaults
 from tcplab.framing import checkSuffix, encode
+from tcplab.text import plural
 
 #: Bytes asked of the kernel per read.  Reads go into one buffer allocated
 #: once: a C{recv} of this size allocates a new buffer per call, above glibc's
@@ -66,7 +67,7 @@ EXIT_FAILURE = 1
 #: The largest message: as long as the longest reply the client accepts.
 MAX_SIZE = defaults.CLIENT_MAX_LENGTH
 
-__all__ = ["BenchOptions", "BenchResult", "LoadPlan", "measure", "runBench"]
+__all__ = ["BenchOptions", "BenchResult", "LoadPlan", "formatProblems", "formatSummary", "measure", "runBench"]
 
 
 class BenchOptions(coerce.CommandOptions):
@@ -776,8 +777,8 @@ def formatSummary(summary: dict[str, Any]) -> str:
     latency = summary["latencyMs"]
     return "\n".join(
         [
-            f"load          {summary['connections']} connections x {summary['pipeline']} "
-            f"in flight, {summary['size']}-byte {summary['framing']} messages"
+            f"load          {plural(summary['connections'], 'connection')} x {summary['pipeline']:,} "
+            f"in flight, {summary['size']:,}-byte {summary['framing']} messages"
             + (f", suffix {summary['suffix']!r}" if summary["suffix"] else ""),
             f"messages      {summary['messages']:,} in {summary['seconds']:.2f} s",
             f"throughput    {summary['messagesPerSecond']:,.0f} messages/s, "
@@ -785,10 +786,28 @@ def formatSummary(summary: dict[str, Any]) -> str:
             + (" (counted from bytes: with wrong replies, not meaningful)" if summary["errors"] else ""),
             f"latency       p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  "
             f"p99 {ms(latency['p99'])}  max {ms(latency['max'])}",
-            f"errors        {summary['errors']} wrong replies, {summary['unanswered']} unanswered",
-            f"connections   {summary['failedConnections']} failed",
+            f"errors        {plural(summary['errors'], 'wrong reply', 'wrong replies')}, "
+            f"{summary['unanswered']:,} unanswered",
+            f"connections   {summary['failedConnections']:,} failed",
         ]
     )
+
+
+def formatProblems(result: BenchResult) -> str | None:
+    """
+    @return: what went wrong in a run, in one line, or L{None} if every
+        connection was made and every reply was right.
+    """
+    problems = []
+    if result.errors:
+        problems.append(
+            f"{plural(result.errors, 'wrong reply', 'wrong replies')} (do --framing and --suffix match the server's?)"
+        )
+    if result.unanswered:
+        problems.append(plural(result.unanswered, "unanswered message"))
+    if result.failedConnections:
+        problems.append(f"{plural(result.failedConnections, 'failed connection')} ({result.failures[0]})")
+    return "; ".join(problems) if problems else None
 
 
 class _ProgressBar:
@@ -875,17 +894,9 @@ def runBench(options: BenchOptions, out: IO[str] | None = None, err: IO[str] | N
         print(json.dumps(summary), file=out)
     else:
         print(formatSummary(summary), file=out)
-    problems = []
-    if result.errors:
-        problems.append(
-            f"{result.errors} wrong replies (do --framing and --suffix match the server's?)"
-        )
-    if result.unanswered:
-        problems.append(f"{result.unanswered} unanswered messages")
-    if result.failedConnections:
-        problems.append(f"{result.failedConnections} failed connections ({result.failures[0]})")
-    if problems:
-        print(f"tcplab bench: {'; '.join(problems)}", file=err)
+    problems = formatProblems(result)
+    if problems is not None:
+        print(f"tcplab bench: {problems}", file=err)
         return EXIT_FAILURE
     return EXIT_OK
 

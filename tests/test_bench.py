@@ -28,6 +28,7 @@ from tcplab.bench import (
     BenchOptions,
     BenchResult,
     LoadPlan,
+    formatProblems,
     formatSummary,
     parseEndpoint,
     runBench,
@@ -263,7 +264,7 @@ class BenchRunTests(TestCase):
         summary = json.loads(out)
         self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
         self.assertIn("not meaningful", formatSummary(summary))
-        self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
+        self.assertEqual(err, "tcplab bench: 1 wrong reply (do --framing and --suffix match the server's?)\n")
 
     async def test_wrongSuffixCountsEveryReplyOnce(self) -> None:
         """
@@ -297,7 +298,7 @@ class BenchRunTests(TestCase):
         code, out, err = await self.bench("--json", "-f", "raw", "-s", size, "-c", "1", "-n", "3", "127.0.0.1", port)
         summary = json.loads(out)
         self.assertEqual((code, summary["messages"], summary["errors"]), (1, 3, 1))
-        self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
+        self.assertEqual(err, "tcplab bench: 1 wrong reply (do --framing and --suffix match the server's?)\n")
 
     async def test_endpointForms(self) -> None:
         """
@@ -505,3 +506,50 @@ class LoadPlanTests(SynchronousTestCase):
             [result.percentile(0.5), result.percentile(0.9), result.percentile(0.99)], [0.1, 0.2, 5.0]
         )
         self.assertIsNone(BenchResult().percentile(0.5))
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    The summary and the problem line count with thousands separators and
+    nouns in the right number.
+    """
+
+    def test_largeCounts(self) -> None:
+        """
+        Counts of thousands are written C{1,234}.
+        """
+        result = BenchResult(
+            connections=1_200, failedConnections=1_001, messages=1_234_567, errors=1_234, unanswered=2_000,
+            seconds=2.0, failures=["the server closed a connection early"],
+        )
+        summary = formatSummary(result.summary(LoadPlan("line", 64, pipeline=1_000)))
+        for text in [
+            "1,200 connections x 1,000 in flight",
+            "1,234,567 in 2.00 s",
+            "1,234 wrong replies, 2,000 unanswered",
+            "1,001 failed",
+        ]:
+            self.assertIn(text, summary)
+        self.assertEqual(
+            formatProblems(result),
+            "1,234 wrong replies (do --framing and --suffix match the server's?); 2,000 unanswered messages; "
+            "1,001 failed connections (the server closed a connection early)",
+        )
+
+    def test_singular(self) -> None:
+        """
+        One of a thing is singular.
+        """
+        result = BenchResult(
+            connections=1, failedConnections=1, messages=1, errors=1, unanswered=1, seconds=1.0,
+            failures=["connection lost: Connection reset by peer"],
+        )
+        summary = formatSummary(result.summary(LoadPlan("line", 64)))
+        self.assertIn("1 connection x 1 in flight", summary)
+        self.assertIn("1 wrong reply, 1 unanswered", summary)
+        self.assertEqual(
+            formatProblems(result),
+            "1 wrong reply (do --framing and --suffix match the server's?); 1 unanswered message; "
+            "1 failed connection (connection lost: Connection reset by peer)",
+        )
+        self.assertIsNone(formatProblems(BenchResult(connections=1, messages=1, seconds=1.0)))
