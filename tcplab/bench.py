@@ -81,7 +81,9 @@ class BenchOptions(coerce.CommandOptions):
         f"(default {defaults.HOST} {defaults.PORT}) or to --connect ENDPOINT, keep "
         "--pipeline messages in flight on each, check every reply byte for byte, "
         "and print messages/s, MB/s, latency percentiles and errors. The server "
-        "must echo each message followed by --suffix (tcplab's own framings)."
+        "must echo each message followed by --suffix (tcplab's own framings). "
+        "In raw framing the server suffixes each read: a message it reads in "
+        "pieces comes back split, which is counted apart."
     )
     optFlags = [
         ["json", None, "Print one JSON object instead of the summary."],
@@ -154,10 +156,11 @@ class BenchOptions(coerce.CommandOptions):
             checkSuffix(self["framing"], self["suffix"])
         except ValueError as error:
             raise usage.UsageError(f"--suffix: {error}") from None
-        if self["framing"] == "raw" and self["suffix"]:
+        if self["framing"] == "raw" and self["suffix"] and self["pipeline"] > 1:
             raise usage.UsageError(
-                "--suffix needs line or length framing: a raw echo's replies "
-                "have no boundaries to put a suffix after"
+                "--suffix in raw framing needs --pipeline 1: the server suffixes "
+                "each read, not each message, so the replies to several messages "
+                "in flight cannot be checked"
             )
         try:
             self["address"] = (
@@ -301,6 +304,10 @@ class LoadPlan:
         L{MAX_SEND} bytes can start anywhere in the first period.
     @ivar expected: the reply stream, long enough that a read of up to
         L{RECV_SIZE} bytes can start anywhere in the first period.
+    @ivar splittable: whether a reply may come back split: in raw framing
+        the server suffixes each read, so a message it reads in pieces is
+        answered piece + suffix, piece + suffix.  The messages then never
+        hold the suffix's first byte, so that a cut is always recognised.
     """
 
     def __init__(self, framing: str, size: int, suffix: bytes = b"", pipeline: int = 1) -> None:
@@ -309,7 +316,11 @@ class LoadPlan:
         self.suffix = suffix
         self.pipeline = pipeline
         self.period = max(1, min(max(pipeline, MIN_PERIOD), MAX_PERIOD_BYTES // size))
+        self.splittable = framing == "raw" and bool(suffix)
         payloads = [_payload(index, size) for index in range(self.period)]
+        if self.splittable:
+            # "A" is not in any payload: the replacement keeps them distinct.
+            payloads = [payload.replace(suffix[:1], b"A") for payload in payloads]
         requests = b"".join([encode(framing, payload) for payload in payloads])
         replies = b"".join([encode(framing, payload + suffix) for payload in payloads])
         self.requestLength = len(requests) // self.period
@@ -343,6 +354,9 @@ class BenchResult:
 
     @ivar messages: messages whose reply came back (right or wrong).
     @ivar errors: replies that differ from the expected bytes, plus extra bytes.
+    @ivar split: replies (raw framing with a suffix) that came back in pieces,
+        each with its suffix: the server read the message in pieces.  Neither
+        right nor wrong, and not counted in C{errors}.
     @ivar unanswered: messages sent whose reply never came.
     @ivar latencies: histogram of round-trip times: microseconds to count.
     """
@@ -352,6 +366,7 @@ class BenchResult:
     messages: int = 0
     requestBytes: int = 0
     errors: int = 0
+    split: int = 0
     unanswered: int = 0
     seconds: float = 0.0
     latencies: dict[int, int] = field(default_factory=dict)
@@ -366,6 +381,7 @@ class BenchResult:
         self.messages += other.messages
         self.requestBytes += other.requestBytes
         self.errors += other.errors
+        self.split += other.split
         self.unanswered += other.unanswered
         self.seconds = max(self.seconds, other.seconds)
         for micros, count in other.latencies.items():
@@ -410,6 +426,7 @@ class BenchResult:
                 "max": max(self.latencies) / 1000 if self.latencies else None,
             },
             "errors": self.errors,
+            "split": self.split,
             "unanswered": self.unanswered,
         }
 
@@ -428,17 +445,25 @@ class _Connection:
         "sends",
         "lastWrong",
         "writing",
+        "expected",
+        "cut",
+        "split",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, expected: bytes) -> None:
         self.sock = sock
         self.assigned = 0  # messages this connection may send
         self.sent = 0  # request bytes sent
-        self.received = 0  # reply bytes read
+        self.received = 0  # offset in the reply stream: bytes read, less the suffixes of cuts
         self.attributed = 0  # answered messages whose latency is recorded
         self.sends: deque[tuple[int, float]] = deque()  # (messages sent, time)
         self.lastWrong = -1  # index of the last reply counted as wrong
         self.writing = False  # waiting for the socket to take more
+        # What reads are checked against: the reply stream, or nothing (every
+        # read takes the slow path) while a split reply is read.
+        self.expected = expected
+        self.cut = 0  # bytes read of a cut's suffix (len(suffix): just after one)
+        self.split = False  # the reply being read came back split
 
 
 def connectAll(address: Address, count: int, timeout: float) -> tuple[list[socket.socket], list[str]]:
@@ -498,14 +523,15 @@ def runLoad(
         (select.EPOLLHUP | select.EPOLLERR) if hasattr(select, "epoll") else select.POLLHUP | select.POLLERR
     )
     result = BenchResult(connections=len(sockets))
-    connections = {sock.fileno(): _Connection(sock) for sock in sockets}
+    connections = {sock.fileno(): _Connection(sock, plan.expected) for sock in sockets}
     for fd in connections:
         poller.register(fd, readable)
 
     size, pipeline = plan.requestLength, plan.pipeline
     replyLength = plan.replyLength
     sendPeriod, sendView = plan.sendPeriod, memoryview(plan.sendBuffer)
-    replyPeriod, expected = plan.replyPeriod, plan.expected
+    replyPeriod = plan.replyPeriod
+    mismatched = _readSplittable if plan.splittable else _readWrong
     latencies = result.latencies
     readBuffer = memoryview(bytearray(RECV_SIZE))
     remaining = requests if requests is not None else -1  # -1: no limit
@@ -599,8 +625,10 @@ def runLoad(
                 # Hot path: one C-level comparison, without a copy, checks
                 # every byte of this read.
                 data = readBuffer[:got]
-                if not expected.startswith(data, conn.received % replyPeriod):
-                    result.errors += _countWrong(plan, conn, bytes(data))
+                if not conn.expected.startswith(data, conn.received % replyPeriod):
+                    # Slow path: count what is wrong; got becomes the bytes
+                    # of the reply stream that this read stands for.
+                    got = mismatched(plan, conn, bytes(data), result)
                 before = conn.received // replyLength
                 conn.received += got
                 done = conn.received // replyLength
@@ -648,27 +676,97 @@ def _recordLatency(conn: _Connection, done: int, now: float, latencies: dict[int
     conn.attributed = attributed
 
 
-def _countWrong(plan: LoadPlan, conn: _Connection, data: bytes) -> int:
+def _readWrong(plan: LoadPlan, conn: _Connection, data: bytes, result: BenchResult) -> int:
+    # A read that does not match: its bytes are still the next of the reply
+    # stream, some of them wrong.
+    result.errors += _countWrong(plan, conn, data, conn.received)
+    return len(data)
+
+
+def _countWrong(plan: LoadPlan, conn: _Connection, data: bytes, first: int) -> int:
     # Slow path, only for a read that does not match: count the requested
-    # replies that differ, each once even when it spans two reads.  Bytes past
-    # the last requested reply spoil that reply, so that a connection never
-    # counts more wrong replies than it asked for.
-    replyLength, first = plan.replyLength, conn.received
+    # replies that differ in data (at reply stream offset first), each once
+    # even when it spans two reads.  Bytes past the last requested reply
+    # spoil that reply, so that a connection never counts more wrong replies
+    # than it asked for.
+    replyLength = plan.replyLength
     last = first + len(data)
     wrong = 0
     limit = conn.assigned * replyLength
-    lastRequested = max(conn.assigned - 1, 0)
     for index in range(first // replyLength, (last - 1) // replyLength + 1):
         begin = max(index * replyLength, first)
         end = min((index + 1) * replyLength, last)
         got = data[begin - first : end - first]
         extra = end > limit
         if extra or got != plan.expectedAt(begin, end - begin):
-            index = min(index, lastRequested)
-            if index > conn.lastWrong:
-                wrong += 1
-                conn.lastWrong = index
+            wrong += _markWrong(conn, index)
     return wrong
+
+
+def _markWrong(conn: _Connection, index: int) -> int:
+    # Count reply index (at most the last requested one) as wrong, once.
+    index = min(index, max(conn.assigned - 1, 0))
+    if index > conn.lastWrong:
+        conn.lastWrong = index
+        return 1
+    return 0
+
+
+def _readSplittable(plan: LoadPlan, conn: _Connection, data: bytes, result: BenchResult) -> int:
+    # Slow path of raw framing with a suffix (one message in flight), for a
+    # read that is not the next bytes of the reply stream.  The server
+    # answers each read with read + suffix, so a message that it read in
+    # pieces comes back as piece + suffix, piece + suffix...  No message
+    # holds the suffix's first byte, so every byte read is either the
+    # message's next byte or the start of a cut's suffix; the cuts' suffixes
+    # are left out of the reply stream.  A split reply is counted when it is
+    # complete, as split; anything else is wrong, and the rest of the read is
+    # then counted as the other framings count it.
+    suffix, size, replyLength = plan.suffix, plan.size, plan.replyLength
+    mark = suffix[0]
+    at, offset = 0, conn.received
+    while at < len(data):
+        position = offset % replyLength
+        if conn.cut == len(suffix):
+            # Just after a cut: a piece is never empty.
+            if data[at] == mark:
+                break
+            conn.cut = 0
+        if conn.cut:
+            # Inside a cut's suffix.
+            piece = data[at : at + len(suffix) - conn.cut]
+            if piece != suffix[conn.cut : conn.cut + len(piece)]:
+                break
+            conn.cut += len(piece)
+            at += len(piece)
+            continue
+        if position < size and data[at] == mark:
+            if position == 0:
+                break  # a suffix before any of the message
+            conn.cut, conn.split = 1, True
+            at += 1
+            continue
+        if position < size:
+            # The message's next bytes, up to a cut or its end.
+            cut = data.find(mark, at, at + size - position)
+            length = (cut if cut >= 0 else min(len(data), at + size - position)) - at
+        else:
+            length = min(len(data) - at, replyLength - position)
+        if data[at : at + length] != plan.expectedAt(offset, length):
+            break
+        at += length
+        offset += length
+        if position + length == replyLength and conn.split:
+            result.split += 1
+            conn.split = False
+    else:
+        conn.expected = b"" if conn.split else plan.expected
+        return offset - conn.received
+    # Wrong: the reply being read, and whatever else the rest spoils.
+    conn.cut, conn.split, conn.expected = 0, False, plan.expected
+    result.errors += _markWrong(conn, offset // replyLength)
+    result.errors += _countWrong(plan, conn, data[at:], offset)
+    return offset - conn.received + len(data) - at
 
 
 def _worker(
@@ -787,7 +885,12 @@ def formatSummary(summary: dict[str, Any]) -> str:
             f"latency       p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  "
             f"p99 {ms(latency['p99'])}  max {ms(latency['max'])}",
             f"errors        {plural(summary['errors'], 'wrong reply', 'wrong replies')}, "
-            f"{summary['unanswered']:,} unanswered",
+            + (
+                f"{plural(summary['split'], 'split reply', 'split replies')}, "
+                if summary["framing"] == "raw" and summary["suffix"]
+                else ""
+            )
+            + f"{summary['unanswered']:,} unanswered",
             f"connections   {summary['failedConnections']:,} failed",
         ]
     )
@@ -802,6 +905,11 @@ def formatProblems(result: BenchResult) -> str | None:
     if result.errors:
         problems.append(
             f"{plural(result.errors, 'wrong reply', 'wrong replies')} (do --framing and --suffix match the server's?)"
+        )
+    if result.split:
+        problems.append(
+            f"{plural(result.split, 'split reply', 'split replies')} (the server read a message in "
+            "pieces and suffixed each: raw framing does not keep messages whole)"
         )
     if result.unanswered:
         problems.append(plural(result.unanswered, "unanswered message"))

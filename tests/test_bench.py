@@ -48,6 +48,7 @@ SUMMARY_FIELDS = {
     "megabytesPerSecond",
     "latencyMs",
     "errors",
+    "split",
     "unanswered",
 }
 
@@ -90,6 +91,30 @@ class ClosingEcho(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
         self.transport.loseConnection()
+
+
+class SplittingEcho(Protocol):
+    """
+    Answer every read as if it had come in two: the first C{cutAt} bytes
+    with C{suffix}, then the rest with C{suffix}; the reply goes out in
+    writes cut at the offsets C{writeCuts}, a little apart, so that the
+    generator may read it in pieces cut there.  C{wrong} replaces the last
+    byte of the second piece.
+    """
+
+    suffix = b"SB"
+    cutAt = 10
+    writeCuts: tuple[int, ...] = ()
+    wrong = False
+
+    def dataReceived(self, data: bytes) -> None:
+        second = data[self.cutAt :]
+        if self.wrong:
+            second = second[:-1] + b"!"
+        reply = data[: self.cutAt] + self.suffix + second + self.suffix
+        cuts = [0, *self.writeCuts, len(reply)]
+        for index, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
+            reactor.callLater(0.005 * index, self.transport.write, reply[start:end])
 
 
 class TerminalStream(StringIO):
@@ -324,6 +349,56 @@ class BenchRunTests(TestCase):
             code, out, err = await self.bench("--json", "-c", "2", "-n", "10", option, endpoint)
             self.assertEqual((code, err, json.loads(out)["messages"]), (0, "", 10), endpoint)
 
+    async def test_rawSuffix(self) -> None:
+        """
+        In raw framing with a suffix and one message in flight, a reply is
+        the message and the suffix: the lesson's server (raw, C{SB}) is
+        measured without error, and the summary counts split replies.
+        """
+        port = self.listen(EchoServerFactory(suffix=b"SB"))
+        code, out, err = await self.bench("--suffix", "SB", "-c", "3", "-n", "300", "127.0.0.1", port)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("300 in", out)
+        self.assertIn("0 wrong replies, 0 split replies, 0 unanswered", out)
+
+    async def test_splitReplies(self) -> None:
+        """
+        A message the server read in two pieces comes back as two pieces,
+        each with its suffix: the reply is counted as split, never as right
+        nor as wrong, the next replies stay in step, and the run exits 1
+        saying why.  Whether the generator reads the reply at once, cut
+        inside a cut's suffix, or just after it.
+        """
+        port = self.listen(Factory.forProtocol(SplittingEcho))
+        for writeCuts in [(), (11,), (12,), (5, 11, 13)]:
+            self.patch(SplittingEcho, "writeCuts", writeCuts)
+            code, out, err = await self.bench("--json", "-s", "20", "--suffix", "SB", "-c", "2", "-n", "6", "127.0.0.1", port)
+            summary = json.loads(out)
+            self.assertEqual(
+                (code, summary["messages"], summary["split"], summary["errors"], summary["unanswered"]),
+                (1, 6, 6, 0, 0),
+                writeCuts,
+            )
+            self.assertEqual(
+                err,
+                "tcplab bench: 6 split replies (the server read a message in pieces and suffixed each: "
+                "raw framing does not keep messages whole)\n",
+            )
+
+    async def test_splitReplyWrong(self) -> None:
+        """
+        A split reply with a wrong byte is a wrong reply, not a split one.
+        """
+        self.patch(SplittingEcho, "wrong", True)
+        self.patch(SplittingEcho, "writeCuts", (11,))
+        port = self.listen(Factory.forProtocol(SplittingEcho))
+        code, out, err = await self.bench(
+            "--json", "-s", "20", "--suffix", "SB", "-c", "1", "-n", "1", "--timeout", "2", "127.0.0.1", port
+        )
+        summary = json.loads(out)
+        self.assertEqual((code, summary["split"], summary["errors"]), (1, 0, 1))
+        self.assertIn("1 wrong reply", err)
+
     async def test_refused(self) -> None:
         """
         When no connection can be made, one line on stderr and exit code 1,
@@ -433,7 +508,7 @@ class BenchOptionsTests(SynchronousTestCase):
         Contradictory or impossible options are usage errors.
         """
         for argv, expected in [
-            (["--suffix", "SB"], "--suffix needs line or length framing"),
+            (["--suffix", "SB", "-k", "2"], "--suffix in raw framing needs --pipeline 1: the server suffixes each read"),
             (["-d", "1", "-n", "5"], "not both"),
             (["-c", "0"], "--connections: must be at least 1, got 0"),
             (["-k", "many"], "--pipeline: invalid number 'many'"),
@@ -478,6 +553,22 @@ class LoadPlanTests(SynchronousTestCase):
             (LoadPlan("length", 10, b"SB").requestLength, LoadPlan("length", 10, b"SB").replyLength), (14, 16)
         )
         self.assertEqual((LoadPlan("raw", 7).requestLength, LoadPlan("raw", 7).replyLength), (7, 7))
+
+    def test_rawSuffixMessages(self) -> None:
+        """
+        In raw framing with a suffix, no message holds the suffix's first
+        byte (so that a cut is always recognised), and the messages of a
+        period still differ.
+        """
+        for suffix in [b"a", b"1x", b":", b"SB"]:
+            plan = LoadPlan("raw", 40, suffix)
+            self.assertTrue(plan.splittable)
+            messages = [plan.sendBuffer[index * 40 : (index + 1) * 40] for index in range(plan.period)]
+            self.assertNotIn(suffix[:1], b"".join(messages), suffix)
+            self.assertEqual(len(set(messages)), plan.period)
+            self.assertEqual(plan.expected[: 40 + len(suffix)], messages[0] + suffix)
+        self.assertFalse(LoadPlan("raw", 40).splittable)
+        self.assertFalse(LoadPlan("line", 40, b"SB").splittable)
 
     def test_distinctMessages(self) -> None:
         """
