@@ -22,7 +22,9 @@ I{read}, never per message:
     over several processes for servers faster than one core of Python.
 
 Only when a read does not match is it examined message by message, to count
-how many replies were wrong.
+how many replies were wrong, or (raw framing with a suffix, one message in
+flight) to follow a reply that came back split because the server read its
+message in pieces.
 """
 
 from __future__ import annotations
