@@ -22,11 +22,14 @@ I{read}, never per message:
     over several processes for servers faster than one core of Python.
 
 Only when a read does not match is it examined message by message, to count
-how many replies were wrong.
+how many replies were wrong, or (raw framing with a suffix, one message in
+flight) to follow a reply that came back split because the server read its
+message in pieces.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import multiprocessing
@@ -42,7 +45,8 @@ from typing import IO, Any
 from twisted.python import usage
 
 from tcplab import coerce, defaults
-from tcplab.framing import encode
+from tcplab.framing import checkSuffix, encode
+from tcplab.text import plural
 
 #: Bytes asked of the kernel per read.  Reads go into one buffer allocated
 #: once: a C{recv} of this size allocates a new buffer per call, above glibc's
@@ -65,7 +69,7 @@ EXIT_FAILURE = 1
 #: The largest message: as long as the longest reply the client accepts.
 MAX_SIZE = defaults.CLIENT_MAX_LENGTH
 
-__all__ = ["BenchOptions", "BenchResult", "LoadPlan", "measure", "runBench"]
+__all__ = ["BenchOptions", "BenchResult", "LoadPlan", "formatProblems", "formatSummary", "measure", "runBench"]
 
 
 class BenchOptions(coerce.CommandOptions):
@@ -79,7 +83,9 @@ class BenchOptions(coerce.CommandOptions):
         f"(default {defaults.HOST} {defaults.PORT}) or to --connect ENDPOINT, keep "
         "--pipeline messages in flight on each, check every reply byte for byte, "
         "and print messages/s, MB/s, latency percentiles and errors. The server "
-        "must echo each message followed by --suffix (tcplab's own framings)."
+        "must echo each message followed by --suffix (tcplab's own framings). "
+        "In raw framing the server suffixes each read: a message it reads in "
+        "pieces comes back split, which is counted apart."
     )
     optFlags = [
         ["json", None, "Print one JSON object instead of the summary."],
@@ -88,9 +94,12 @@ class BenchOptions(coerce.CommandOptions):
     optParameters = [
         [
             "connect",
+            "e",
             None,
-            None,
-            "A client endpoint: tcp:host=H:port=P, tcp6:host=H:port=P or unix:path=P.",
+            "Connect to this endpoint instead of HOST PORT: tcp:host=H:port=P, "
+            "tcp6:host=H:port=P or unix:path=FILE, or Twisted's short forms "
+            "tcp:H:P and unix:FILE; an IPv6 H is written plain (::1) or, as "
+            "Twisted escapes colons, \\:\\:1. No TLS.",
         ],
         ["connections", "c", 10, "Connections to open.", coerce.positive],
         [
@@ -145,10 +154,15 @@ class BenchOptions(coerce.CommandOptions):
         if self["processes"] > self["connections"]:
             raise usage.UsageError("--processes must not exceed --connections")
         self["suffix"] = coerce.utf8(self["suffix"])
-        if self["framing"] == "raw" and self["suffix"]:
+        try:
+            checkSuffix(self["framing"], self["suffix"])
+        except ValueError as error:
+            raise usage.UsageError(f"--suffix: {error}") from None
+        if self["framing"] == "raw" and self["suffix"] and self["pipeline"] > 1:
             raise usage.UsageError(
-                "--suffix needs line or length framing: a raw echo's replies "
-                "have no boundaries to put a suffix after"
+                "--suffix in raw framing needs --pipeline 1: the server suffixes "
+                "each read, not each message, so the replies to several messages "
+                "in flight cannot be checked"
             )
         try:
             self["address"] = (
@@ -192,28 +206,76 @@ def tcpAddress(host: str, port: int, family: int = socket.AF_UNSPEC) -> Address:
 def parseEndpoint(description: str) -> Address:
     """
     Parse a Twisted client endpoint string of the kinds a load generator can
-    use directly: C{tcp:host=H:port=P} (or C{tcp:H:P}), C{tcp6:...} and
+    use directly, as C{tcplab client --connect} takes them:
+    C{tcp:host=H:port=P} (or C{tcp:H:P}), C{tcp6:host=H:port=P} and
     C{unix:path=P} (or C{unix:P}).  Colons inside a value are escaped with a
-    backslash, as in Twisted.
+    backslash, as in Twisted; an IPv6 host may also be written plain
+    (C{host=::1}).
 
-    @raise ValueError: for any other endpoint or a missing host, port or path.
+    @raise ValueError: with a one-line message, for any other endpoint (TLS
+        included), a field other than these, or a missing host, port or path.
     """
     kind, *fields = _splitEndpoint(description)
-    positional = [value for value in fields if "=" not in value]
-    named = dict(value.split("=", 1) for value in fields if "=" in value)
-    if kind in ("tcp", "tcp6"):
-        host = named.get("host", positional[0] if positional else None)
-        port = named.get("port", positional[1] if len(positional) > 1 else None)
-        if host is None or port is None:
-            raise ValueError(f"endpoint {description!r} needs a host and a port")
-        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
-        return tcpAddress(host, coerce.port(port), family)
+    kind = kind.lower()
+    if kind in ("tls", "ssl"):
+        raise ValueError(f"{kind}: endpoints are not supported: bench does not do TLS; use tcp, tcp6 or unix")
+    names = _ENDPOINT_FIELDS.get(kind)
+    if names is None:
+        raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
+    values = _endpointValues(description, fields, names)
     if kind == "unix":
-        path = named.get("path", positional[0] if positional else None)
-        if not path:
+        if not values.get("path"):
             raise ValueError(f"endpoint {description!r} needs a path")
-        return Address(socket.AF_UNIX, path)
-    raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
+        return Address(socket.AF_UNIX, values["path"])
+    if not values.get("host") or not values.get("port"):
+        raise ValueError(f"endpoint {description!r} needs a host and a port")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
+    return tcpAddress(values["host"], coerce.remotePort(values["port"]), family)
+
+
+#: The fields of each endpoint type, in the order of its short form.
+_ENDPOINT_FIELDS = {"tcp": ("host", "port"), "tcp6": ("host", "port"), "unix": ("path",)}
+
+
+def _endpointValues(description: str, fields: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    # Named fields first, then the positional ones fill the names still
+    # missing, in order (as Twisted reads tcp:host=H:P).
+    values: dict[str, str] = {}
+    positional: list[str] = []
+    index = 0
+    while index < len(fields):
+        name, named, value = fields[index].partition("=")
+        index += 1
+        if not named:
+            positional.append(name)
+            continue
+        if name not in names:
+            raise ValueError(f"endpoint {description!r}: {name}= is not supported (only {'= '.join(names)}=)")
+        if name in values:
+            raise ValueError(f"endpoint {description!r} gives {name}= twice")
+        if name == "host":
+            # A plain IPv6 address was cut at its colons: the fields up to the
+            # next named one belong to it if, put back, they make one.
+            end = index
+            while end < len(fields) and "=" not in fields[end]:
+                end += 1
+            joined = ":".join([value, *fields[index:end]])
+            if end > index and _isIPv6(joined):
+                value, index = joined, end
+        values[name] = value
+    missing = [name for name in names if name not in values]
+    if len(positional) > len(missing):
+        raise ValueError(f"endpoint {description!r} has too many fields")
+    values.update(zip(missing, positional, strict=False))
+    return values
+
+
+def _isIPv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _splitEndpoint(description: str) -> list[str]:
@@ -244,6 +306,10 @@ class LoadPlan:
         L{MAX_SEND} bytes can start anywhere in the first period.
     @ivar expected: the reply stream, long enough that a read of up to
         L{RECV_SIZE} bytes can start anywhere in the first period.
+    @ivar splittable: whether a reply may come back split: in raw framing
+        the server suffixes each read, so a message it reads in pieces is
+        answered piece + suffix, piece + suffix.  The messages then never
+        hold the suffix's first byte, so that a cut is always recognised.
     """
 
     def __init__(self, framing: str, size: int, suffix: bytes = b"", pipeline: int = 1) -> None:
@@ -252,7 +318,11 @@ class LoadPlan:
         self.suffix = suffix
         self.pipeline = pipeline
         self.period = max(1, min(max(pipeline, MIN_PERIOD), MAX_PERIOD_BYTES // size))
+        self.splittable = framing == "raw" and bool(suffix)
         payloads = [_payload(index, size) for index in range(self.period)]
+        if self.splittable:
+            # "A" is not in any payload: the replacement keeps them distinct.
+            payloads = [payload.replace(suffix[:1], b"A") for payload in payloads]
         requests = b"".join([encode(framing, payload) for payload in payloads])
         replies = b"".join([encode(framing, payload + suffix) for payload in payloads])
         self.requestLength = len(requests) // self.period
@@ -286,6 +356,9 @@ class BenchResult:
 
     @ivar messages: messages whose reply came back (right or wrong).
     @ivar errors: replies that differ from the expected bytes, plus extra bytes.
+    @ivar split: replies (raw framing with a suffix) that came back in pieces,
+        each with its suffix: the server read the message in pieces.  Neither
+        right nor wrong, and not counted in C{errors}.
     @ivar unanswered: messages sent whose reply never came.
     @ivar latencies: histogram of round-trip times: microseconds to count.
     """
@@ -295,6 +368,7 @@ class BenchResult:
     messages: int = 0
     requestBytes: int = 0
     errors: int = 0
+    split: int = 0
     unanswered: int = 0
     seconds: float = 0.0
     latencies: dict[int, int] = field(default_factory=dict)
@@ -309,6 +383,7 @@ class BenchResult:
         self.messages += other.messages
         self.requestBytes += other.requestBytes
         self.errors += other.errors
+        self.split += other.split
         self.unanswered += other.unanswered
         self.seconds = max(self.seconds, other.seconds)
         for micros, count in other.latencies.items():
@@ -353,6 +428,7 @@ class BenchResult:
                 "max": max(self.latencies) / 1000 if self.latencies else None,
             },
             "errors": self.errors,
+            "split": self.split,
             "unanswered": self.unanswered,
         }
 
@@ -371,17 +447,25 @@ class _Connection:
         "sends",
         "lastWrong",
         "writing",
+        "expected",
+        "cut",
+        "split",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, expected: bytes) -> None:
         self.sock = sock
         self.assigned = 0  # messages this connection may send
         self.sent = 0  # request bytes sent
-        self.received = 0  # reply bytes read
+        self.received = 0  # offset in the reply stream: bytes read, less the suffixes of cuts
         self.attributed = 0  # answered messages whose latency is recorded
         self.sends: deque[tuple[int, float]] = deque()  # (messages sent, time)
         self.lastWrong = -1  # index of the last reply counted as wrong
         self.writing = False  # waiting for the socket to take more
+        # What reads are checked against: the reply stream, or nothing (every
+        # read takes the slow path) while a split reply is read.
+        self.expected = expected
+        self.cut = 0  # bytes read of a cut's suffix (len(suffix): just after one)
+        self.split = False  # the reply being read came back split
 
 
 def connectAll(address: Address, count: int, timeout: float) -> tuple[list[socket.socket], list[str]]:
@@ -441,14 +525,15 @@ def runLoad(
         (select.EPOLLHUP | select.EPOLLERR) if hasattr(select, "epoll") else select.POLLHUP | select.POLLERR
     )
     result = BenchResult(connections=len(sockets))
-    connections = {sock.fileno(): _Connection(sock) for sock in sockets}
+    connections = {sock.fileno(): _Connection(sock, plan.expected) for sock in sockets}
     for fd in connections:
         poller.register(fd, readable)
 
     size, pipeline = plan.requestLength, plan.pipeline
     replyLength = plan.replyLength
     sendPeriod, sendView = plan.sendPeriod, memoryview(plan.sendBuffer)
-    replyPeriod, expected = plan.replyPeriod, plan.expected
+    replyPeriod = plan.replyPeriod
+    mismatched = _readSplittable if plan.splittable else _readWrong
     latencies = result.latencies
     readBuffer = memoryview(bytearray(RECV_SIZE))
     remaining = requests if requests is not None else -1  # -1: no limit
@@ -542,8 +627,10 @@ def runLoad(
                 # Hot path: one C-level comparison, without a copy, checks
                 # every byte of this read.
                 data = readBuffer[:got]
-                if not expected.startswith(data, conn.received % replyPeriod):
-                    result.errors += _countWrong(plan, conn, bytes(data))
+                if not conn.expected.startswith(data, conn.received % replyPeriod):
+                    # Slow path: count what is wrong; got becomes the bytes
+                    # of the reply stream that this read stands for.
+                    got = mismatched(plan, conn, bytes(data), result)
                 before = conn.received // replyLength
                 conn.received += got
                 done = conn.received // replyLength
@@ -591,27 +678,97 @@ def _recordLatency(conn: _Connection, done: int, now: float, latencies: dict[int
     conn.attributed = attributed
 
 
-def _countWrong(plan: LoadPlan, conn: _Connection, data: bytes) -> int:
+def _readWrong(plan: LoadPlan, conn: _Connection, data: bytes, result: BenchResult) -> int:
+    # A read that does not match: its bytes are still the next of the reply
+    # stream, some of them wrong.
+    result.errors += _countWrong(plan, conn, data, conn.received)
+    return len(data)
+
+
+def _countWrong(plan: LoadPlan, conn: _Connection, data: bytes, first: int) -> int:
     # Slow path, only for a read that does not match: count the requested
-    # replies that differ, each once even when it spans two reads.  Bytes past
-    # the last requested reply spoil that reply, so that a connection never
-    # counts more wrong replies than it asked for.
-    replyLength, first = plan.replyLength, conn.received
+    # replies that differ in data (at reply stream offset first), each once
+    # even when it spans two reads.  Bytes past the last requested reply
+    # spoil that reply, so that a connection never counts more wrong replies
+    # than it asked for.
+    replyLength = plan.replyLength
     last = first + len(data)
     wrong = 0
     limit = conn.assigned * replyLength
-    lastRequested = max(conn.assigned - 1, 0)
     for index in range(first // replyLength, (last - 1) // replyLength + 1):
         begin = max(index * replyLength, first)
         end = min((index + 1) * replyLength, last)
         got = data[begin - first : end - first]
         extra = end > limit
         if extra or got != plan.expectedAt(begin, end - begin):
-            index = min(index, lastRequested)
-            if index > conn.lastWrong:
-                wrong += 1
-                conn.lastWrong = index
+            wrong += _markWrong(conn, index)
     return wrong
+
+
+def _markWrong(conn: _Connection, index: int) -> int:
+    # Count reply index (at most the last requested one) as wrong, once.
+    index = min(index, max(conn.assigned - 1, 0))
+    if index > conn.lastWrong:
+        conn.lastWrong = index
+        return 1
+    return 0
+
+
+def _readSplittable(plan: LoadPlan, conn: _Connection, data: bytes, result: BenchResult) -> int:
+    # Slow path of raw framing with a suffix (one message in flight), for a
+    # read that is not the next bytes of the reply stream.  The server
+    # answers each read with read + suffix, so a message that it read in
+    # pieces comes back as piece + suffix, piece + suffix...  No message
+    # holds the suffix's first byte, so every byte read is either the
+    # message's next byte or the start of a cut's suffix; the cuts' suffixes
+    # are left out of the reply stream.  A split reply is counted when it is
+    # complete, as split; anything else is wrong, and the rest of the read is
+    # then counted as the other framings count it.
+    suffix, size, replyLength = plan.suffix, plan.size, plan.replyLength
+    mark = suffix[0]
+    at, offset = 0, conn.received
+    while at < len(data):
+        position = offset % replyLength
+        if conn.cut == len(suffix):
+            # Just after a cut: a piece is never empty.
+            if data[at] == mark:
+                break
+            conn.cut = 0
+        if conn.cut:
+            # Inside a cut's suffix.
+            piece = data[at : at + len(suffix) - conn.cut]
+            if piece != suffix[conn.cut : conn.cut + len(piece)]:
+                break
+            conn.cut += len(piece)
+            at += len(piece)
+            continue
+        if position < size and data[at] == mark:
+            if position == 0:
+                break  # a suffix before any of the message
+            conn.cut, conn.split = 1, True
+            at += 1
+            continue
+        if position < size:
+            # The message's next bytes, up to a cut or its end.
+            cut = data.find(mark, at, at + size - position)
+            length = (cut if cut >= 0 else min(len(data), at + size - position)) - at
+        else:
+            length = min(len(data) - at, replyLength - position)
+        if data[at : at + length] != plan.expectedAt(offset, length):
+            break
+        at += length
+        offset += length
+        if position + length == replyLength and conn.split:
+            result.split += 1
+            conn.split = False
+    else:
+        conn.expected = b"" if conn.split else plan.expected
+        return offset - conn.received
+    # Wrong: the reply being read, and whatever else the rest spoils.
+    conn.cut, conn.split, conn.expected = 0, False, plan.expected
+    result.errors += _markWrong(conn, offset // replyLength)
+    result.errors += _countWrong(plan, conn, data[at:], offset)
+    return offset - conn.received + len(data) - at
 
 
 def _worker(
@@ -720,8 +877,8 @@ def formatSummary(summary: dict[str, Any]) -> str:
     latency = summary["latencyMs"]
     return "\n".join(
         [
-            f"load          {summary['connections']} connections x {summary['pipeline']} "
-            f"in flight, {summary['size']}-byte {summary['framing']} messages"
+            f"load          {plural(summary['connections'], 'connection')} x {summary['pipeline']:,} "
+            f"in flight, {summary['size']:,}-byte {summary['framing']} messages"
             + (f", suffix {summary['suffix']!r}" if summary["suffix"] else ""),
             f"messages      {summary['messages']:,} in {summary['seconds']:.2f} s",
             f"throughput    {summary['messagesPerSecond']:,.0f} messages/s, "
@@ -729,10 +886,38 @@ def formatSummary(summary: dict[str, Any]) -> str:
             + (" (counted from bytes: with wrong replies, not meaningful)" if summary["errors"] else ""),
             f"latency       p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  "
             f"p99 {ms(latency['p99'])}  max {ms(latency['max'])}",
-            f"errors        {summary['errors']} wrong replies, {summary['unanswered']} unanswered",
-            f"connections   {summary['failedConnections']} failed",
+            f"errors        {plural(summary['errors'], 'wrong reply', 'wrong replies')}, "
+            + (
+                f"{plural(summary['split'], 'split reply', 'split replies')}, "
+                if summary["framing"] == "raw" and summary["suffix"]
+                else ""
+            )
+            + f"{summary['unanswered']:,} unanswered",
+            f"connections   {summary['failedConnections']:,} failed",
         ]
     )
+
+
+def formatProblems(result: BenchResult) -> str | None:
+    """
+    @return: what went wrong in a run, in one line, or L{None} if every
+        connection was made and every reply was right.
+    """
+    problems = []
+    if result.errors:
+        problems.append(
+            f"{plural(result.errors, 'wrong reply', 'wrong replies')} (do --framing and --suffix match the server's?)"
+        )
+    if result.split:
+        problems.append(
+            f"{plural(result.split, 'split reply', 'split replies')} (the server read a message in "
+            "pieces and suffixed each: raw framing does not keep messages whole)"
+        )
+    if result.unanswered:
+        problems.append(plural(result.unanswered, "unanswered message"))
+    if result.failedConnections:
+        problems.append(f"{plural(result.failedConnections, 'failed connection')} ({result.failures[0]})")
+    return "; ".join(problems) if problems else None
 
 
 class _ProgressBar:
@@ -819,17 +1004,9 @@ def runBench(options: BenchOptions, out: IO[str] | None = None, err: IO[str] | N
         print(json.dumps(summary), file=out)
     else:
         print(formatSummary(summary), file=out)
-    problems = []
-    if result.errors:
-        problems.append(
-            f"{result.errors} wrong replies (do --framing and --suffix match the server's?)"
-        )
-    if result.unanswered:
-        problems.append(f"{result.unanswered} unanswered messages")
-    if result.failedConnections:
-        problems.append(f"{result.failedConnections} failed connections ({result.failures[0]})")
-    if problems:
-        print(f"tcplab bench: {'; '.join(problems)}", file=err)
+    problems = formatProblems(result)
+    if problems is not None:
+        print(f"tcplab bench: {problems}", file=err)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -62,8 +62,8 @@ def _escapeCharacter(character: str) -> str:
 
 def plural(count: int, noun: str, plural: str | None = None) -> str:
     """
-    @return: C{count} and C{noun}, the noun in its plural unless C{count} is
-        1 (C{"1 byte"}, C{"2 bytes"}); C{plural} is the plural form when it
-        is not C{noun + "s"}.
+    @return: C{count}, with thousands separators, and C{noun}, the noun in
+        its plural unless C{count} is 1 (C{"1 byte"}, C{"1,234 bytes"});
+        C{plural} is the plural form when it is not C{noun + "s"}.
     """
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"

@@ -9,7 +9,12 @@ runs in a thread.  They check what is reported, never how fast.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import socket
+import sys
+import tempfile
 from io import StringIO
 
 from twisted.internet import reactor, threads
@@ -17,11 +22,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tcplab import cli
 from tcplab.bench import (
     RECV_SIZE,
     BenchOptions,
     BenchResult,
     LoadPlan,
+    formatProblems,
     formatSummary,
     parseEndpoint,
     runBench,
@@ -41,6 +48,7 @@ SUMMARY_FIELDS = {
     "megabytesPerSecond",
     "latencyMs",
     "errors",
+    "split",
     "unanswered",
 }
 
@@ -85,6 +93,30 @@ class ClosingEcho(Protocol):
         self.transport.loseConnection()
 
 
+class SplittingEcho(Protocol):
+    """
+    Answer every read as if it had come in two: the first C{cutAt} bytes
+    with C{suffix}, then the rest with C{suffix}; the reply goes out in
+    writes cut at the offsets C{writeCuts}, a little apart, so that the
+    generator may read it in pieces cut there.  C{wrong} replaces the last
+    byte of the second piece.
+    """
+
+    suffix = b"SB"
+    cutAt = 10
+    writeCuts: tuple[int, ...] = ()
+    wrong = False
+
+    def dataReceived(self, data: bytes) -> None:
+        second = data[self.cutAt :]
+        if self.wrong:
+            second = second[:-1] + b"!"
+        reply = data[: self.cutAt] + self.suffix + second + self.suffix
+        cuts = [0, *self.writeCuts, len(reply)]
+        for index, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
+            reactor.callLater(0.005 * index, self.transport.write, reply[start:end])
+
+
 class TerminalStream(StringIO):
     """
     A text stream that says it is a terminal.
@@ -108,13 +140,13 @@ class BenchRunTests(TestCase):
     L{runBench} against a server in this process.
     """
 
-    def listen(self, factory: Factory) -> str:
+    def listen(self, factory: Factory, interface: str = "127.0.0.1") -> str:
         """
-        Listen with C{factory} on 127.0.0.1, port 0, until the test ends.
+        Listen with C{factory} on C{interface}, port 0, until the test ends.
 
         @return: the port number, as text.
         """
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = reactor.listenTCP(0, factory, interface=interface)
         if isinstance(factory, EchoServerFactory):
             # Runs after stopListening: wait for the server side of every
             # connection to close, so that no timer outlives the test.
@@ -257,7 +289,7 @@ class BenchRunTests(TestCase):
         summary = json.loads(out)
         self.assertEqual((code, summary["errors"], summary["messages"]), (1, 1, 50))
         self.assertIn("not meaningful", formatSummary(summary))
-        self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
+        self.assertEqual(err, "tcplab bench: 1 wrong reply (do --framing and --suffix match the server's?)\n")
 
     async def test_wrongSuffixCountsEveryReplyOnce(self) -> None:
         """
@@ -291,7 +323,81 @@ class BenchRunTests(TestCase):
         code, out, err = await self.bench("--json", "-f", "raw", "-s", size, "-c", "1", "-n", "3", "127.0.0.1", port)
         summary = json.loads(out)
         self.assertEqual((code, summary["messages"], summary["errors"]), (1, 3, 1))
-        self.assertEqual(err, "tcplab bench: 1 wrong replies (do --framing and --suffix match the server's?)\n")
+        self.assertEqual(err, "tcplab bench: 1 wrong reply (do --framing and --suffix match the server's?)\n")
+
+    async def test_endpointForms(self) -> None:
+        """
+        Every form of C{--connect} (short option C{-e}) that its help shows
+        reaches the server it names: TCP over IPv4 and IPv6 (C{::1} plain or
+        escaped as Twisted escapes colons), and a UNIX socket.
+        """
+        factory = EchoServerFactory()
+        port4, port6 = self.listen(factory), self.listen(factory, interface="::1")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "echo.sock")
+        self.addCleanup(reactor.listenUNIX(path, factory).stopListening)
+        for option, endpoint in [
+            ("--connect", f"tcp:host=127.0.0.1:port={port4}"),
+            ("-e", f"tcp:127.0.0.1:{port4}"),
+            ("-e", f"tcp6:host=::1:port={port6}"),
+            ("-e", f"tcp6:host=\\:\\:1:port={port6}"),
+            ("-e", f"tcp:host=::1:port={port6}"),
+            ("-e", f"unix:path={path}"),
+            ("-e", f"unix:{path}"),
+        ]:
+            code, out, err = await self.bench("--json", "-c", "2", "-n", "10", option, endpoint)
+            self.assertEqual((code, err, json.loads(out)["messages"]), (0, "", 10), endpoint)
+
+    async def test_rawSuffix(self) -> None:
+        """
+        In raw framing with a suffix and one message in flight, a reply is
+        the message and the suffix: the lesson's server (raw, C{SB}) is
+        measured without error, and the summary counts split replies.
+        """
+        port = self.listen(EchoServerFactory(suffix=b"SB"))
+        code, out, err = await self.bench("--suffix", "SB", "-c", "3", "-n", "300", "127.0.0.1", port)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("300 in", out)
+        self.assertIn("0 wrong replies, 0 split replies, 0 unanswered", out)
+
+    async def test_splitReplies(self) -> None:
+        """
+        A message the server read in two pieces comes back as two pieces,
+        each with its suffix: the reply is counted as split, never as right
+        nor as wrong, the next replies stay in step, and the run exits 1
+        saying why.  Whether the generator reads the reply at once, cut
+        inside a cut's suffix, or just after it.
+        """
+        port = self.listen(Factory.forProtocol(SplittingEcho))
+        for writeCuts in [(), (11,), (12,), (5, 11, 13)]:
+            self.patch(SplittingEcho, "writeCuts", writeCuts)
+            code, out, err = await self.bench("--json", "-s", "20", "--suffix", "SB", "-c", "2", "-n", "6", "127.0.0.1", port)
+            summary = json.loads(out)
+            self.assertEqual(
+                (code, summary["messages"], summary["split"], summary["errors"], summary["unanswered"]),
+                (1, 6, 6, 0, 0),
+                writeCuts,
+            )
+            self.assertEqual(
+                err,
+                "tcplab bench: 6 split replies (the server read a message in pieces and suffixed each: "
+                "raw framing does not keep messages whole)\n",
+            )
+
+    async def test_splitReplyWrong(self) -> None:
+        """
+        A split reply with a wrong byte is a wrong reply, not a split one.
+        """
+        self.patch(SplittingEcho, "wrong", True)
+        self.patch(SplittingEcho, "writeCuts", (11,))
+        port = self.listen(Factory.forProtocol(SplittingEcho))
+        code, out, err = await self.bench(
+            "--json", "-s", "20", "--suffix", "SB", "-c", "1", "-n", "1", "--timeout", "2", "127.0.0.1", port
+        )
+        summary = json.loads(out)
+        self.assertEqual((code, summary["split"], summary["errors"]), (1, 0, 1))
+        self.assertIn("1 wrong reply", err)
 
     async def test_refused(self) -> None:
         """
@@ -313,6 +419,29 @@ class BenchOptionsTests(SynchronousTestCase):
     L{BenchOptions} checks the command line.
     """
 
+    def command(self, *argv: str) -> tuple[int, str]:
+        """
+        Run C{tcplab bench ARGV} as the C{tcplab} command does.
+
+        @return: the exit code and what it printed to stderr.
+        """
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        return cli.main(["bench", *argv]), err.getvalue()
+
+    def test_suffixBreakingLineFraming(self) -> None:
+        """
+        In line framing, a suffix with a newline inside or a trailing C{\\r}
+        would make every reply two lines or a C{\\r\\n} ending: it is refused
+        in one line with C{checkSuffix}'s reason, as the server refuses it,
+        and the command exits 2.
+        """
+        for suffix, reason in [
+            ("a\nb", "a line framing suffix cannot contain a newline (\\n): it would split every reply in two"),
+            ("SB\r", "a line framing suffix cannot end in \\r: with the line's \\n it would read as a \\r\\n ending"),
+        ]:
+            self.assertEqual(self.command("-f", "line", "--suffix", suffix), (2, f"tcplab bench: --suffix: {reason}\n"))
+
     def test_defaults(self) -> None:
         """
         With no option, 10 connections send one 64-byte raw message at a
@@ -328,25 +457,75 @@ class BenchOptionsTests(SynchronousTestCase):
 
     def test_connect(self) -> None:
         """
-        C{--connect} takes a Twisted client endpoint string.
+        C{--connect}, or C{-e}, takes a Twisted client endpoint string; C{-c}
+        is still C{--connections}.
         """
         self.assertEqual(str(parse("--connect", "tcp:host=127.0.0.1:port=9000")["address"]), "127.0.0.1:9000")
+        options = parse("-e", "tcp:host=127.0.0.1:port=9000", "-c", "3")
+        self.assertEqual((str(options["address"]), options["connections"]), ("127.0.0.1:9000", 3))
         self.assertEqual(str(parseEndpoint("unix:path=/tmp/echo.sock")), "/tmp/echo.sock")
+
+    def test_endpointAddresses(self) -> None:
+        """
+        An IPv6 host may be written plain or with its colons escaped, in
+        C{tcp6:} or C{tcp:}; fields may come in any order, a port may follow
+        a named host, the endpoint type's case does not matter, and an
+        escaped colon belongs to the value.
+        """
+        for endpoint, family, address in [
+            ("tcp6:host=::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:host=\\:\\:1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:port=9000:host=::1", socket.AF_INET6, "[::1]:9000"),
+            ("tcp6:host=0\\:0::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp:host=::1:port=9000", socket.AF_INET6, "[::1]:9000"),
+            ("tcp:host=127.0.0.1:9000", socket.AF_INET, "127.0.0.1:9000"),
+            ("TCP:host=127.0.0.1:port=9000", socket.AF_INET, "127.0.0.1:9000"),
+            ("unix:/tmp/a\\:b", socket.AF_UNIX, "/tmp/a:b"),
+        ]:
+            parsed = parseEndpoint(endpoint)
+            self.assertEqual((parsed.family, str(parsed)), (family, address), endpoint)
+
+    def test_connectHelp(self) -> None:
+        """
+        The help of C{--connect} lists the endpoint forms that work, each of
+        which parses, and says that TLS is not supported.
+        """
+        [text] = [option[3] for option in BenchOptions.optParameters if option[0] == "connect"]
+        forms = re.findall(r"\b(?:tcp6?|unix):[^\s,;()]+", text)
+        self.assertEqual(
+            sorted(forms), ["tcp6:host=H:port=P", "tcp:H:P", "tcp:host=H:port=P", "unix:FILE", "unix:path=FILE"]
+        )
+        for form in forms:
+            host = "::1" if form.startswith("tcp6") else "127.0.0.1"
+            endpoint = form.replace("H", host).replace("P", "9000").replace("FILE", "/tmp/echo.sock")
+            self.assertIn(str(parse("--connect", endpoint)["address"]), ("127.0.0.1:9000", "[::1]:9000", "/tmp/echo.sock"))
+        self.assertIn("::1", text)
+        self.assertIn("\\:\\:1", text)
+        self.assertIn("No TLS", text)
 
     def test_rejected(self) -> None:
         """
         Contradictory or impossible options are usage errors.
         """
         for argv, expected in [
-            (["--suffix", "SB"], "--suffix needs line or length framing"),
+            (["--suffix", "SB", "-k", "2"], "--suffix in raw framing needs --pipeline 1: the server suffixes each read"),
             (["-d", "1", "-n", "5"], "not both"),
             (["-c", "0"], "--connections: must be at least 1, got 0"),
             (["-k", "many"], "--pipeline: invalid number 'many'"),
             (["-c", "2", "-p", "3"], "--processes must not exceed --connections"),
             (["--size", str(2**40)], "--size must be at most"),
             (["--timeout", "0"], "--timeout must be more than 0"),
-            (["--connect", "ssl:host=127.0.0.1:port=1"], "use tcp, tcp6 or unix"),
+            (["--connect", "ssl:host=127.0.0.1:port=1"], "endpoints are not supported: bench does not do TLS"),
+            (["-e", "tls:127.0.0.1:1"], "endpoints are not supported: bench does not do TLS"),
+            (["-e", "udp:127.0.0.1:1"], "cannot benchmark over 'udp' endpoints: use tcp, tcp6 or unix"),
             (["--connect", "tcp:host=127.0.0.1"], "needs a host and a port"),
+            (["-e", "tcp:host=:port=1"], "needs a host and a port"),
+            (["-e", "tcp:host=127.0.0.1:port=0"], "cannot connect to port 0"),
+            (["-e", "tcp:host=127.0.0.1:port=1:bindAddress=127.0.0.1"], "bindAddress= is not supported (only host= port=)"),
+            (["-e", "tcp:127.0.0.1:1:2"], "too many fields"),
+            (["-e", "tcp:host=127.0.0.1:host=127.0.0.2:port=1"], "host= twice"),
+            (["-e", "tcp6:host=127.0.0.1:port=1"], "cannot resolve '127.0.0.1'"),
+            (["-e", "unix:"], "needs a path"),
             (["--connect", "tcp:host=127.0.0.1:port=1", "127.0.0.1", "1"], "not both"),
             (["127.0.0.1", "70000"], "out of range"),
             (["127.0.0.1", "0"], "port 0"),
@@ -375,6 +554,22 @@ class LoadPlanTests(SynchronousTestCase):
         )
         self.assertEqual((LoadPlan("raw", 7).requestLength, LoadPlan("raw", 7).replyLength), (7, 7))
 
+    def test_rawSuffixMessages(self) -> None:
+        """
+        In raw framing with a suffix, no message holds the suffix's first
+        byte (so that a cut is always recognised), and the messages of a
+        period still differ.
+        """
+        for suffix in [b"a", b"1x", b":", b"SB"]:
+            plan = LoadPlan("raw", 40, suffix)
+            self.assertTrue(plan.splittable)
+            messages = [plan.sendBuffer[index * 40 : (index + 1) * 40] for index in range(plan.period)]
+            self.assertNotIn(suffix[:1], b"".join(messages), suffix)
+            self.assertEqual(len(set(messages)), plan.period)
+            self.assertEqual(plan.expected[: 40 + len(suffix)], messages[0] + suffix)
+        self.assertFalse(LoadPlan("raw", 40).splittable)
+        self.assertFalse(LoadPlan("line", 40, b"SB").splittable)
+
     def test_distinctMessages(self) -> None:
         """
         The messages of a period differ, so a reordered reply is wrong.
@@ -402,3 +597,50 @@ class LoadPlanTests(SynchronousTestCase):
             [result.percentile(0.5), result.percentile(0.9), result.percentile(0.99)], [0.1, 0.2, 5.0]
         )
         self.assertIsNone(BenchResult().percentile(0.5))
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    The summary and the problem line count with thousands separators and
+    nouns in the right number.
+    """
+
+    def test_largeCounts(self) -> None:
+        """
+        Counts of thousands are written C{1,234}.
+        """
+        result = BenchResult(
+            connections=1_200, failedConnections=1_001, messages=1_234_567, errors=1_234, unanswered=2_000,
+            seconds=2.0, failures=["the server closed a connection early"],
+        )
+        summary = formatSummary(result.summary(LoadPlan("line", 64, pipeline=1_000)))
+        for text in [
+            "1,200 connections x 1,000 in flight",
+            "1,234,567 in 2.00 s",
+            "1,234 wrong replies, 2,000 unanswered",
+            "1,001 failed",
+        ]:
+            self.assertIn(text, summary)
+        self.assertEqual(
+            formatProblems(result),
+            "1,234 wrong replies (do --framing and --suffix match the server's?); 2,000 unanswered messages; "
+            "1,001 failed connections (the server closed a connection early)",
+        )
+
+    def test_singular(self) -> None:
+        """
+        One of a thing is singular.
+        """
+        result = BenchResult(
+            connections=1, failedConnections=1, messages=1, errors=1, unanswered=1, seconds=1.0,
+            failures=["connection lost: Connection reset by peer"],
+        )
+        summary = formatSummary(result.summary(LoadPlan("line", 64)))
+        self.assertIn("1 connection x 1 in flight", summary)
+        self.assertIn("1 wrong reply, 1 unanswered", summary)
+        self.assertEqual(
+            formatProblems(result),
+            "1 wrong reply (do --framing and --suffix match the server's?); 1 unanswered message; "
+            "1 failed connection (connection lost: Connection reset by peer)",
+        )
+        self.assertIsNone(formatProblems(BenchResult(connections=1, messages=1, seconds=1.0)))

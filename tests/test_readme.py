@@ -13,9 +13,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcplab.bench import BenchOptions
 from tcplab.tap import Options
-from tests.serverprocess import ROOT, environment
+from tests.serverprocess import ROOT, ServerProcess, environment
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -145,13 +144,28 @@ class ReadmeTests(SynchronousTestCase):
 
     def test_measuringCommands(self) -> None:
         """
-        The measuring commands parse: C{tcplab bench} with its options, and the
-        benchmark suite's C{--help}.
+        The C{tcplab bench} example measures the README's own server (the
+        set-up's C{twist tcplab} options; a free port instead of 8081, one
+        second instead of five) without a wrong reply; the benchmark suite's
+        command describes itself.
         """
         bench, suite = [line.split("#")[0].strip() for line in blocks("sh")[4].splitlines()]
         words = shlex.split(bench)
-        self.assertEqual(words[:2], ["tcplab", "bench"])
-        BenchOptions().parseOptions(words[2:])
+        self.assertEqual((words[:2], words[-2:]), (["tcplab", "bench"], ["127.0.0.1", "8081"]))
+        self.assertIn("--duration", words)
+        serverArgs = shlex.split(blocks("sh")[0].split("twist tcplab", 1)[1])
+        server = ServerProcess(*serverArgs)
+        try:
+            words[-1] = str(server.port)
+            words[words.index("--duration") + 1] = "1"
+            result = subprocess.run(
+                [sys.executable, "-m", "tcplab", *words[1:]],
+                capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            server.stop()
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertIn("0 wrong replies, 0 split replies, 0 unanswered", result.stdout)
         result = subprocess.run(
             [sys.executable, *shlex.split(suite)[1:], "--help"],
             capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60,
