@@ -29,7 +29,6 @@ message in pieces.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import multiprocessing
@@ -45,6 +44,7 @@ from typing import IO, Any
 from twisted.python import usage
 
 from tcplab import coerce, defaults
+from tcplab.endpoints import splitEndpoint
 from tcplab.framing import checkSuffix, encode
 from tcplab.text import plural
 
@@ -215,14 +215,13 @@ def parseEndpoint(description: str) -> Address:
     @raise ValueError: with a one-line message, for any other endpoint (TLS
         included), a field other than these, or a missing host, port or path.
     """
-    kind, *fields = _splitEndpoint(description)
-    kind = kind.lower()
+    kind, positional, named = splitEndpoint(description)
     if kind in ("tls", "ssl"):
         raise ValueError(f"{kind}: endpoints are not supported: bench does not do TLS; use tcp, tcp6 or unix")
     names = _ENDPOINT_FIELDS.get(kind)
     if names is None:
         raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
-    values = _endpointValues(description, fields, names)
+    values = _endpointValues(description, positional, named, names)
     if kind == "unix":
         if not values.get("path"):
             raise ValueError(f"endpoint {description!r} needs a path")
@@ -237,59 +236,18 @@ def parseEndpoint(description: str) -> Address:
 _ENDPOINT_FIELDS = {"tcp": ("host", "port"), "tcp6": ("host", "port"), "unix": ("path",)}
 
 
-def _endpointValues(description: str, fields: list[str], names: tuple[str, ...]) -> dict[str, str]:
+def _endpointValues(description: str, positional: list[str], named: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
     # Named fields first, then the positional ones fill the names still
     # missing, in order (as Twisted reads tcp:host=H:P).
-    values: dict[str, str] = {}
-    positional: list[str] = []
-    index = 0
-    while index < len(fields):
-        name, named, value = fields[index].partition("=")
-        index += 1
-        if not named:
-            positional.append(name)
-            continue
+    for name in named:
         if name not in names:
             raise ValueError(f"endpoint {description!r}: {name}= is not supported (only {'= '.join(names)}=)")
-        if name in values:
-            raise ValueError(f"endpoint {description!r} gives {name}= twice")
-        if name == "host":
-            # A plain IPv6 address was cut at its colons: the fields up to the
-            # next named one belong to it if, put back, they make one.
-            end = index
-            while end < len(fields) and "=" not in fields[end]:
-                end += 1
-            joined = ":".join([value, *fields[index:end]])
-            if end > index and _isIPv6(joined):
-                value, index = joined, end
-        values[name] = value
+    values = dict(named)
     missing = [name for name in names if name not in values]
     if len(positional) > len(missing):
         raise ValueError(f"endpoint {description!r} has too many fields")
     values.update(zip(missing, positional, strict=False))
     return values
-
-
-def _isIPv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _splitEndpoint(description: str) -> list[str]:
-    parts, current, chars = [], [], iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 class LoadPlan:

@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, TimeoutError, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP6ClientEndpoint, clientFromString, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 
 from tcplab import coerce, defaults
 from tcplab.address import formatAddress
+from tcplab.endpoints import splitEndpoint
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
 from tcplab.text import escape, plural
 from tcplab.udp import MAX_PACKET_SIZE
@@ -81,7 +81,7 @@ def clientEndpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
         that lacks a host, a port or a path, or whose port is not 1-65535.
     @raise ImportError: for C{tls:} without TLS support installed.
     """
-    kind, positional, named = _parseEndpoint(description)
+    kind, positional, named = splitEndpoint(description)
     # Positional values stand for the required fields not named, in order.
     missing = [field for field in _REQUIRED.get(kind, ()) if not named.get(field)]
     given = [value for value in positional if value] if kind != "tcp6" else []
@@ -129,51 +129,6 @@ def _endpointPort(description: str, text: str) -> int:
 
 def _escapeField(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
-def _parseEndpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """
-    Split an endpoint string at its colons (not those escaped with a
-    backslash) into its kind, positional values and keyword values.  A
-    field without C{=} that follows a keyword field continues its value
-    when that makes the value an IPv6 address and the string names its port
-    by keyword (C{host=::1:port=8081}), or is a C{tcp6} one (which takes
-    keywords only); otherwise it is positional, as for Twisted.
-    """
-    fields: list[str] = []
-    current: list[str] = []
-    characters = iter(description)
-    for character in characters:
-        if character == "\\":
-            current.append(next(characters, ""))
-        elif character == ":":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(character)
-    fields.append("".join(current))
-    kind, rest = fields[0].lower(), fields[1:]
-    merge = kind == "tcp6" or any(field.startswith("port=") for field in rest)
-    positional: list[str] = []
-    named: dict[str, str] = {}
-    index = 0
-    while index < len(rest):
-        field = rest[index]
-        index += 1
-        if "=" not in field:
-            positional.append(field)
-            continue
-        key, value = field.split("=", 1)
-        if merge:
-            # Take as many following fields as make an IPv6 address.
-            for end in range(len(rest), index, -1):
-                if all("=" not in f for f in rest[index:end]):
-                    candidate = ":".join([value, *rest[index:end]])
-                    if isIPv6Address(candidate):
-                        value, index = candidate, end
-                        break
-        named[key] = value
-    return kind, positional, named
 
 
 class ReplyTimeout(Exception):
