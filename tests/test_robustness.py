@@ -286,7 +286,7 @@ class GracefulShutdownTests(ServerProcessTestCase):
         self.assertEqual(self.server.wait(20), 0)
         output = self.server.log()
         self.assertIn(f"received {signal.Signals(number).name}: finishing open connections", output)
-        self.assertIn(f"tcplab stopped: served 1 connection (0 refused, 0 open); {len(data)} bytes in, {len(data)} bytes out", output)
+        self.assertIn(f"tcplab stopped: served 1 connection (0 refused, 0 open); {len(data):,} bytes in, {len(data):,} bytes out", output)
         self.assertNotIn("Traceback", output)
 
     def test_secondSignalAborts(self) -> None:
