@@ -157,8 +157,8 @@ class LineDecoder:
         """
         pending = self._pending
         if b"\n" not in data:
-            if data:
-                pending += data
+            pending += data
+            if len(pending) > self.maxLength:
                 self._checkPending()
             return b""
         if pending:
