@@ -59,3 +59,10 @@ QUIET_PERIOD = 0.2
 #: framings, and the longest line it reads from its input: room for the
 #: longest message a server accepts plus a suffix.
 CLIENT_MAX_LENGTH = 16 * 1024 * 1024
+
+#: With message logging on, each connection logs at most this many messages a
+#: second; the rest are counted, and one line a second says how many.
+LOG_MESSAGES_PER_SECOND = 10
+
+#: With message logging on, the most bytes of a message shown in its log line.
+LOG_MESSAGE_BYTES = 200

@@ -122,12 +122,14 @@ class LineDecoder:
     C{maxLength} bytes.
     """
 
-    __slots__ = ("maxLength", "_pending", "_pendingLength")
+    __slots__ = ("maxLength", "_pending")
 
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
-        self._pending: list[bytes] = []
-        self._pendingLength = 0
+        # The unterminated line so far, in one buffer that the reads are
+        # appended to: a peer that dribbles a line a byte per read costs
+        # about its length, not an object per read.
+        self._pending = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
         """
@@ -153,22 +155,21 @@ class LineDecoder:
         @return: the completed lines, with their endings; C{b""} for none.
         @raise MessageTooLong: if a line, complete or not, is too long.
         """
+        pending = self._pending
         if b"\n" not in data:
-            if data:
-                self._pending.append(data)
-                self._pendingLength += len(data)
+            pending += data
+            if len(pending) > self.maxLength:
                 self._checkPending()
             return b""
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
+        if pending:
+            data = b"".join((pending, data))
+            pending.clear()
         end = data.rfind(b"\n") + 1
         if end == len(data):
-            block, rest = data, b""
+            block = data
         else:
-            block, rest = data[:end], data[end:]
-        self._pending = [rest] if rest else []
-        self._pendingLength = len(rest)
+            block = data[:end]
+            pending += memoryview(data)[end:]
         # Cheap bound first: only look at each line when the block could hold a long one.
         if len(block) > self.maxLength and len(block) - block.count(b"\n") > self.maxLength:
             lines = block.split(b"\n")
@@ -176,7 +177,7 @@ class LineDecoder:
             for index, line in enumerate(lines):
                 if self._tooLong(line):
                     raise MessageTooLong(len(line), self.maxLength, lines[:index])
-        if self._pendingLength > self.maxLength:
+        if len(pending) > self.maxLength:
             self._checkPending(lambda: block.split(b"\n")[:-1])
         return block
 
@@ -186,9 +187,8 @@ class LineDecoder:
 
         @return: C{([line], 0)} for a pending unterminated line, else C{([], 0)}.
         """
-        rest = b"".join(self._pending)
-        self._pending = []
-        self._pendingLength = 0
+        rest = bytes(self._pending)
+        self._pending.clear()
         return ([rest] if rest else []), 0
 
     def _tooLong(self, line: bytes) -> bool:
@@ -202,10 +202,9 @@ class LineDecoder:
     def _checkPending(self, completed: Callable[[], list[bytes]] | None = None) -> None:
         # completed: the lines completed along with this pending one, which
         # are valid and still to be answered (built only if needed).
-        if self._pendingLength > self.maxLength and self._exceeds(
-            self._pendingLength, self._pending[-1].endswith(b"\r")
-        ):
-            raise MessageTooLong(self._pendingLength, self.maxLength, completed() if completed else [])
+        pending = self._pending
+        if len(pending) > self.maxLength and self._exceeds(len(pending), pending.endswith(b"\r")):
+            raise MessageTooLong(len(pending), self.maxLength, completed() if completed else [])
 
 
 class LengthPrefixDecoder:
@@ -220,13 +219,13 @@ class LengthPrefixDecoder:
         (then one header fits them all); L{None} otherwise.
     """
 
-    __slots__ = ("maxLength", "uniformLength", "_pending", "_pendingLength", "_needed")
+    __slots__ = ("maxLength", "uniformLength", "_pending", "_needed")
 
     def __init__(self, maxLength: int = defaults.MAX_LENGTH) -> None:
         self.maxLength = maxLength
         self.uniformLength: int | None = None
-        self._pending: list[bytes] = []
-        self._pendingLength = 0
+        # The incomplete frame so far, in one buffer (see LineDecoder).
+        self._pending = bytearray()
         # How many buffered bytes the next frame (header or header + payload) needs.
         self._needed = HEADER.size
 
@@ -238,14 +237,13 @@ class LengthPrefixDecoder:
         @raise MessageTooLong: if a header announces more than C{maxLength}.
         """
         self.uniformLength = None
-        if self._pendingLength + len(data) < self._needed:
-            if data:
-                self._pending.append(data)
-                self._pendingLength += len(data)
+        pending = self._pending
+        if len(pending) + len(data) < self._needed:
+            pending += data
             return []
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
+        if pending:
+            data = b"".join((pending, data))
+            pending.clear()
         messages: list[bytes] = []
         unpack = HEADER.unpack_from
         offset, start, end = 0, 0, len(data)
@@ -287,10 +285,9 @@ class LengthPrefixDecoder:
             for index, message in enumerate(messages):
                 if len(message) > maxLength:
                     raise MessageTooLong(len(message), maxLength, messages[:index])
-        rest = data[offset:]
-        self._pending = [rest] if rest else []
-        self._pendingLength = len(rest)
-        self._needed = 4 + unpack(rest)[0] if len(rest) >= 4 else 4
+        if offset < end:
+            pending += memoryview(data)[offset:]
+        self._needed = 4 + unpack(pending)[0] if len(pending) >= 4 else 4
         if self._needed - 4 > maxLength:
             raise MessageTooLong(self._needed - 4, maxLength, messages)
         return messages
@@ -302,9 +299,8 @@ class LengthPrefixDecoder:
         @return: C{([], n)} where C{n} is the number of bytes of the incomplete
             frame that are dropped.
         """
-        dropped = self._pendingLength
-        self._pending = []
-        self._pendingLength = 0
+        dropped = len(self._pending)
+        self._pending.clear()
         self._needed = 4
         return [], dropped
 

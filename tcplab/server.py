@@ -8,7 +8,7 @@ L{twisted.internet.testing.StringTransport} in a unit test.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from twisted.internet import tcp
@@ -38,7 +38,7 @@ from tcplab.framing import (
     headers,
     stripLineEnding,
 )
-from tcplab.text import plural
+from tcplab.text import escape, plural
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -66,7 +66,9 @@ class EchoProtocol(Protocol):
 
     @ivar suffix: bytes appended to every reply.
     @ivar maxLength: the longest message accepted (line and length framings).
-    @ivar logMessages: log every message received.
+    @ivar logMessages: log every message received (escaped and cut to
+        C{logMessageBytes} bytes, at most C{logMessagesPerSecond} a second;
+        see L{_MessageLog}).
     @ivar clock: for the timers of closing and draining; none if L{None}.
     @ivar closeTimeout: seconds a closing connection gets to deliver its
         last replies (and its peer to close) before it is aborted.
@@ -77,8 +79,11 @@ class EchoProtocol(Protocol):
     framing = "raw"
     refuseTimeout = defaults.REFUSE_TIMEOUT
     drainQuiet = defaults.DRAIN_QUIET
+    logMessageBytes = defaults.LOG_MESSAGE_BYTES
     factory: EchoServerFactory | None = None
     _log = Logger()
+    # Made by the first message logged (see _getMessageLog).
+    _messageLog: _MessageLog | None = None
 
     def __init__(
         self,
@@ -87,10 +92,12 @@ class EchoProtocol(Protocol):
         logMessages: bool = False,
         clock: IReactorTime | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
+        logMessagesPerSecond: int = defaults.LOG_MESSAGES_PER_SECOND,
     ) -> None:
         self.suffix = suffix
         self.maxLength = maxLength
         self.logMessages = logMessages
+        self.logMessagesPerSecond = logMessagesPerSecond
         self.clock = clock
         self.closeTimeout = closeTimeout
         self.bytesIn = 0
@@ -300,6 +307,8 @@ class EchoProtocol(Protocol):
         self._closing = True
         self._direct = False
         self._stopTimer()
+        if self._messageLog is not None:
+            self._messageLog.flush()
         if self._refusal is None:
             self._log.info(
                 "{peer} disconnected: {reason}", peer=self.peer, reason=reason.getErrorMessage()
@@ -357,13 +366,17 @@ class EchoProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
 
-    def _logMessages(self, messages: Sequence[bytes]) -> None:
-        for message in messages:
-            self._log.info(
-                "message from {peer}: {text}",
-                peer=self.peer,
-                text=message.decode("utf-8", "replace"),
+    def _getMessageLog(self) -> _MessageLog:
+        log = self._messageLog
+        if log is None:
+            log = self._messageLog = _MessageLog(
+                self._log, lambda: self.peer, self.clock, self.logMessagesPerSecond, self.logMessageBytes
             )
+        return log
+
+    def _logMessages(self, messages: Sequence[bytes]) -> None:
+        log = self._getMessageLog()
+        log.write(messages[: log.admit(len(messages))])
 
     def _rejectTooLong(self, error: MessageTooLong) -> None:
         self._log.warn(
@@ -383,6 +396,88 @@ class EchoProtocol(Protocol):
             assert self.transport is not None
             self.transport.write(notice)
         self.close(timeout)
+
+
+class _MessageLog:
+    """
+    The message log of one connection: every message escaped (see
+    L{escape}: no control character of the peer's reaches the log) and cut
+    to C{limit} bytes, at most C{perSecond} of them a second.  Past that,
+    messages are only counted, and once the second is over (or at L{flush})
+    one line says how many were not logged.
+
+    A read over the budget costs a clock reading and a count however many
+    messages it holds, so a peer that floods messages makes neither the log
+    nor the time spent on it grow with its traffic.
+    """
+
+    __slots__ = ("_log", "_peer", "_clock", "_perSecond", "_limit", "_secondEnds", "_left", "_notLogged", "_timer")
+
+    def __init__(
+        self, log: Logger, peer: Callable[[], str], clock: IReactorTime | None, perSecond: int, limit: int
+    ) -> None:
+        """
+        @param log: where the lines go.
+        @param peer: the peer's address, for each line.
+        @param clock: the clock of the per-second budget; L{None} for none,
+            when the first C{perSecond} messages are logged and the rest
+            only counted until L{flush}.
+        @param perSecond: messages logged a second at most.
+        @param limit: bytes of each message shown at most.
+        """
+        self._log = log
+        self._peer = peer
+        self._clock = clock
+        self._perSecond = perSecond
+        self._limit = limit
+        self._secondEnds = float("-inf")
+        self._left = perSecond
+        self._notLogged = 0
+        self._timer: IDelayedCall | None = None
+
+    def admit(self, count: int) -> int:
+        """
+        C{count} more messages arrived.
+
+        @return: how many of them, the first ones, to L{write}; the others
+            are counted as not logged.
+        """
+        clock = self._clock
+        if clock is not None:
+            now = clock.seconds()
+            if now >= self._secondEnds:
+                self.flush()
+                self._secondEnds = now + 1
+                self._left = self._perSecond
+        logged = min(count, self._left)
+        self._left -= logged
+        if logged < count:
+            self._notLogged += count - logged
+            if self._timer is None and clock is not None:
+                self._timer = clock.callLater(self._secondEnds - now, self.flush)
+        return logged
+
+    def write(self, messages: Iterable[bytes]) -> None:
+        """
+        Log C{messages}, one line each.
+        """
+        peer, limit = self._peer(), self._limit
+        for message in messages:
+            self._log.info("message from {peer}: {text}", peer=peer, text=escape(message, limit))
+
+    def flush(self) -> None:
+        """
+        Say now how many messages were not logged, if any: at the end of
+        each second over the budget, and when the connection closes.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        count, self._notLogged = self._notLogged, 0
+        if count:
+            self._log.info(
+                "{more} from {peer} not logged", more=plural(count, "more message"), count=count, peer=self._peer()
+            )
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -420,7 +515,7 @@ class LineEchoProtocol(EchoProtocol):
 
     def _answerBatch(self, block: bytes) -> None:  # type: ignore[override]
         if self.logMessages:
-            self._logMessages(block.split(b"\n")[:-1])
+            self._logBlock(block)
         self._send(self.replyToBlock(block))
 
     def replyToBlock(self, block: bytes) -> bytes:
@@ -447,7 +542,16 @@ class LineEchoProtocol(EchoProtocol):
         return b"error: " + text.encode("utf-8") + b"\n"
 
     def _logMessages(self, lines: Sequence[bytes]) -> None:
-        super()._logMessages([stripLineEnding(line) for line in lines])
+        log = self._getMessageLog()
+        log.write(map(stripLineEnding, lines[: log.admit(len(lines))]))
+
+    def _logBlock(self, block: bytes) -> None:
+        # Counting the lines is C-speed; only those within the budget are cut
+        # out of the block (a flood of empty lines is never split).
+        log = self._getMessageLog()
+        logged = log.admit(block.count(b"\n"))
+        if logged:
+            log.write(map(stripLineEnding, block.split(b"\n", logged)[:logged]))
 
 
 class LengthEchoProtocol(EchoProtocol):
@@ -537,6 +641,7 @@ class EchoServerFactory(Factory):
         suffix: bytes = b"",
         maxLength: int = defaults.MAX_LENGTH,
         logMessages: bool = False,
+        logMessagesPerSecond: int = defaults.LOG_MESSAGES_PER_SECOND,
         idleTimeout: float = defaults.IDLE_TIMEOUT,
         maxConnections: int = defaults.MAX_CONNECTIONS,
         maxPerPeer: int = defaults.MAX_PER_PEER,
@@ -549,7 +654,11 @@ class EchoServerFactory(Factory):
         @param suffix: bytes appended to every reply.
         @param maxLength: the longest message accepted, in bytes (line and
             length framings); a longer one closes its connection.
-        @param logMessages: log every message received.
+        @param logMessages: log every message received, escaped and cut to
+            C{defaults.LOG_MESSAGE_BYTES} bytes.
+        @param logMessagesPerSecond: with C{logMessages}, messages logged a
+            second at most per connection; each second over the budget ends
+            in one line saying how many more were not logged.
         @param idleTimeout: seconds without traffic after which a connection
             is closed; 0 for never.
         @param maxConnections: connections open at once; a connection beyond
@@ -583,6 +692,9 @@ class EchoServerFactory(Factory):
         self.suffix = suffix
         self.maxLength = maxLength
         self.logMessages = logMessages
+        if logMessagesPerSecond < 0:
+            raise ValueError("logMessagesPerSecond must not be negative")
+        self.logMessagesPerSecond = logMessagesPerSecond
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
@@ -627,6 +739,7 @@ class EchoServerFactory(Factory):
             logMessages=self.logMessages,
             clock=self._reactor,
             closeTimeout=self.closeTimeout,
+            logMessagesPerSecond=self.logMessagesPerSecond,
         )
         protocol.factory = self
         return protocol

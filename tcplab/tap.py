@@ -43,7 +43,13 @@ class Options(coerce.CommandOptions):
     )
     optFlags = [
         ["once", None, "Serve exactly one connection, then stop."],
-        ["log-messages", None, "Log every message received."],
+        [
+            "log-messages",
+            None,
+            "Log the messages received: escaped, cut to "
+            f"{defaults.LOG_MESSAGE_BYTES} bytes, at most {defaults.LOG_MESSAGES_PER_SECOND} "
+            "a second per connection.",
+        ],
     ]
     optParameters = [
         ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],

@@ -4,6 +4,8 @@ Tests for L{tcplab.framing}.
 
 from __future__ import annotations
 
+import sys
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,10 +25,23 @@ from tests.streams import cutAt
 
 
 def feedAll(decoder, chunks: list[bytes]) -> list[bytes]:
+    """
+    Feed C{chunks} to C{decoder}; every message it returns must be C{bytes}
+    (a C{bytearray} would compare equal, and then change under its reader).
+    """
     messages = []
     for chunk in chunks:
         messages.extend(decoder.feed(chunk))
+    assert all(type(message) is bytes for message in messages), messages
     return messages
+
+
+def dribble(size: int) -> list[bytes]:
+    """
+    @return: C{size} single-byte reads, as a peer that sends a byte at a time
+        with C{TCP_NODELAY} makes them.
+    """
+    return [bytes([97 + n % 26]) for n in range(size)]
 
 
 lines = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=20)
@@ -253,7 +268,7 @@ def decodeUntilTooLong(decoder, chunks: list[bytes]) -> tuple[list[bytes], Messa
             messages.extend(decoder.feed(chunk))
         except MessageTooLong as error:
             return messages + error.messages, error, held
-        held = max(held, decoder._pendingLength)
+        held = max(held, len(decoder._pending))
     return messages, None, held
 
 
@@ -314,6 +329,52 @@ class SizeLimitPropertyTests(SynchronousTestCase):
         self.assertEqual(decoded, [message + ending[:-1] for message, ending in pairs[: len(allowed)]])
         self.assertEqual(error is None, len(allowed) == len(pairs))
         self.assertLessEqual(held, maxLength + 1)
+
+
+class PendingMemoryTests(SynchronousTestCase):
+    """
+    An incomplete message is held in one buffer of about its size, however
+    many reads brought it: not in an object per read (300 connections
+    dribbling 15,000 bytes each once cost 58 bytes of memory per pending byte).
+    """
+
+    def assertOneBuffer(self, decoder, size: int) -> None:
+        """
+        C{decoder} holds C{size} pending bytes in one object of about that size.
+        """
+        pending = decoder._pending
+        self.assertIsInstance(pending, (bytes, bytearray))
+        self.assertEqual(len(pending), size)
+        self.assertLess(sys.getsizeof(pending), size * 1.2 + 100)
+
+    def test_lineDribbled(self) -> None:
+        """
+        A line dribbled a byte per read is one buffer until its C{\n}, then
+        one C{bytes} message, and the buffer is released.
+        """
+        decoder = LineDecoder()
+        reads = dribble(15_000)
+        self.assertEqual(feedAll(decoder, reads), [])
+        self.assertOneBuffer(decoder, 15_000)
+        self.assertEqual(feedAll(decoder, [b"\nnext"]), [b"".join(reads)])
+        self.assertOneBuffer(decoder, 4)
+        self.assertEqual(decoder.finish(), ([b"next"], 0))
+        self.assertOneBuffer(decoder, 0)
+
+    def test_frameDribbled(self) -> None:
+        """
+        A frame dribbled a byte per read, header included, is one buffer
+        until its last byte, then one C{bytes} payload.
+        """
+        decoder = LengthPrefixDecoder()
+        payload = b"".join(dribble(15_000))
+        reads = [bytes([byte]) for byte in frame(payload)]
+        self.assertEqual(feedAll(decoder, reads[:-1]), [])
+        self.assertOneBuffer(decoder, 15_003)
+        self.assertEqual(feedAll(decoder, reads[-1:] + [frame(b"ab")[:5]]), [payload])
+        self.assertOneBuffer(decoder, 5)
+        self.assertEqual(decoder.finish(), ([], 5))
+        self.assertOneBuffer(decoder, 0)
 
 
 class CheckSuffixTests(SynchronousTestCase):

@@ -14,7 +14,15 @@ is bounded in bytes, connections and time, and prints one line of figures:
   - hostile: garbage, resets mid-message, a connect/close flood, a 4 GiB header;
     whether the server still answers and logged no error;
   - shutdown: SIGTERM during an 8 MiB echo; bytes delivered, exit status, and
-    time to exit.
+    time to exit;
+  - log flood: one connection sends 2 MiB of newlines to a line server that
+    logs messages while another pings; the server's log growth and CPU time,
+    and the other client's worst ping;
+  - dribbled partials: 300 connections each send 15,000 single bytes
+    (TCP_NODELAY) of a message they never finish, in line and in length
+    framing; the server's RSS growth per pending byte.
+
+    python -m tests.stress.stress --only log-flood,dribble   # some of them
 """
 
 from __future__ import annotations
@@ -180,16 +188,158 @@ def shutdown() -> str:
         server.stop()
 
 
+def _quietly(send, data: bytes) -> None:
+    # A sender thread whose socket the scenario may close under it.
+    try:
+        send(data)
+    except OSError:
+        pass
+
+
+def _serverCpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _settle(process: psutil.Process, timeout: float = 15) -> None:
+    # Wait until the server has read everything sent: its CPU time stops moving.
+    deadline, last = time.monotonic() + timeout, -1.0
+    while time.monotonic() < deadline and (now := _serverCpu(process)) != last:
+        last = now
+        time.sleep(0.3)
+
+
+def logFlood(size: int = 2 * MiB, bound: float = 20) -> str:
+    """
+    One connection sends C{size} bytes of C{\n} to C{--framing line
+    --log-messages} and reads its echo (for at most C{bound} seconds) while
+    another client pings on its own connection.
+    """
+    server = ServerProcess("--framing", "line", "--log-messages")
+    try:
+        process = psutil.Process(server.process.pid)
+        logBefore, cpuBefore = len(server.log()), _serverCpu(process)
+        pings: list[float] = []
+        stop = threading.Event()
+
+        def ping() -> None:
+            with connect(server.port) as sock:
+                sock.settimeout(bound + 10)
+                while not stop.is_set():
+                    start = time.monotonic()
+                    sock.sendall(b"ping\n")
+                    if readAll(sock, 5) != b"ping\n":
+                        raise AssertionError("wrong ping reply")
+                    pings.append(time.monotonic() - start)
+                    time.sleep(0.01)
+
+        pinger = threading.Thread(target=ping, daemon=True)
+        pinger.start()
+        start, echoed = time.monotonic(), 0
+        with connect(server.port) as flood:
+            port = flood.getsockname()[1]
+            flood.settimeout(0.5)
+            threading.Thread(target=_quietly, args=(flood.sendall, b"\n" * size), daemon=True).start()
+            while echoed < size and time.monotonic() < start + bound:
+                try:
+                    chunk = flood.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                echoed += len(chunk)
+            elapsed = time.monotonic() - start
+        try:
+            server.waitForLog(rf"127\.0\.0\.1:{port} disconnected", timeout=10)
+            closed = ""
+        except AssertionError:
+            closed = " (its disconnect not yet logged)"
+        # Ping for a second at least, so that a fast flood is measured too.
+        time.sleep(max(0.0, start + 1 - time.monotonic()))
+        stop.set()
+        pinger.join(bound + 10)
+        log = server.log()[logBefore:]
+        cpu = _serverCpu(process) - cpuBefore
+        return (
+            f"log flood (line, --log-messages): {size / MiB:.0f} MiB of \\n from one connection, "
+            f"{echoed / MiB:.2f} MiB echoed in {elapsed:.2f} s (bound {bound:.0f} s){closed}; server log grew "
+            f"{len(log.encode()) / MiB:.3f} MiB ({log.count(chr(10))} lines), server CPU {cpu:.2f} s; "
+            f"other client's worst ping {max(pings, default=float('nan')) * 1000:.1f} ms ({len(pings)} pings)"
+        )
+    finally:
+        server.stop()
+
+
+def dribbledPartials(connections: int = 300, size: int = 15_000, bound: float = 15) -> str:
+    """
+    C{connections} connections each send C{size} single bytes, with
+    C{TCP_NODELAY}, of a message they never finish (for at most C{bound}
+    seconds): in line framing no C{\n}; in length framing a header announcing
+    C{size} bytes, then one byte fewer.
+    """
+    results = []
+    for framing in ("line", "length"):
+        server = ServerProcess("--framing", framing, "--max-connections", str(connections + 10))
+        sockets: list[socket.socket] = []
+        try:
+            process = psutil.Process(server.process.pid)
+            for _ in range(connections):
+                sockets.append(connect(server.port))
+                sockets[-1].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pending, payload = 0, size
+            if framing == "length":
+                for sock in sockets:
+                    sock.sendall(struct.pack(">I", size))
+                pending, payload = 4 * connections, size - 1
+            _settle(process)
+            before, start = process.memory_info().rss, time.monotonic()
+            for _ in range(payload):
+                for sock in sockets:
+                    sock.send(b"x")
+                pending += connections
+                if time.monotonic() > start + bound:
+                    break
+            elapsed = time.monotonic() - start
+            _settle(process)
+            grown = process.memory_info().rss - before
+            results.append(
+                f"{framing}: {pending / MiB:.1f} MiB pending after {elapsed:.1f} s, RSS grew {grown / MiB:.1f} MiB, "
+                f"{grown / pending:.1f} B per pending byte"
+            )
+        finally:
+            for sock in sockets:
+                sock.close()
+            server.stop()
+    return (
+        f"dribbled partials ({connections} connections x up to {size} single bytes, no end, "
+        f"at most {bound:.0f} s each): " + "; ".join(results)
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5, help="slow-reader duration per framing [5]")
     parser.add_argument("--connections", type=int, default=200, help="concurrent connections [200]")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run [all]: " + ", ".join(_SCENARIOS))
     arguments = parser.parse_args()
-    for framing in ("raw", "line", "length"):
-        print(slowReader(arguments.seconds, framing), flush=True)
-    for scenario in (lambda: concurrency(arguments.connections), hostile, shutdown):
-        print(scenario(), flush=True)
+    chosen = arguments.only.split(",") if arguments.only else list(_SCENARIOS)
+    if unknown := set(chosen) - set(_SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    for name in chosen:
+        for figures in _SCENARIOS[name](arguments):
+            print(figures, flush=True)
     return 0
+
+
+#: Each scenario by name: what it prints, line by line, given the arguments.
+_SCENARIOS = {
+    "slow-reader": lambda arguments: (slowReader(arguments.seconds, framing) for framing in ("raw", "line", "length")),
+    "concurrency": lambda arguments: [concurrency(arguments.connections)],
+    "hostile": lambda arguments: [hostile()],
+    "shutdown": lambda arguments: [shutdown()],
+    "log-flood": lambda arguments: [logFlood()],
+    "dribble": lambda arguments: [dribbledPartials()],
+}
 
 
 if __name__ == "__main__":
