@@ -96,6 +96,14 @@ class DatagramEchoTests(SynchronousTestCase):
         self.assertEqual((protocol.suffix, protocol.logMessages), (b"SB", True))
         self.assertEqual((protocol.rate, protocol.burst), (defaults.UDP_RATE, defaults.UDP_BURST))
 
+    def test_globalReactorByDefault(self) -> None:
+        """
+        Without a clock, the echo takes its time from the global reactor.
+        """
+        protocol = DatagramEcho()
+        self.assertIs(protocol.clock, reactor)
+        self.assertEqual(protocol._seconds, reactor.seconds)
+
     def test_ownPortDropped(self) -> None:
         """
         A datagram from the port the echo listens on, from any host, is not
