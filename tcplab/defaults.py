@@ -66,3 +66,27 @@ LOG_MESSAGES_PER_SECOND = 10
 
 #: With message logging on, the most bytes of a message shown in its log line.
 LOG_MESSAGE_BYTES = 200
+
+#: The UDP echo answers each source host at most this many datagrams per
+#: second on average (0: no limit) ...
+UDP_RATE = 1000
+
+#: ... and at most this many at once: a source idle long enough may send a
+#: burst of this many before the rate applies.  A loop between two echo
+#: services (one forged datagram) dies after about this many exchanges.
+UDP_BURST = 2000
+
+#: Source hosts the UDP echo keeps rate-limiting state for; when it holds this
+#: many, all active, new sources share one more allowance of the same size.
+UDP_MAX_SOURCES = 10000
+
+#: Seconds between two log lines about datagrams the UDP echo did not answer,
+#: or about datagrams over the --log-messages budget.
+UDP_LOG_INTERVAL = 10.0
+
+#: With --log-messages, the UDP echo logs at most this many datagrams per
+#: UDP_LOG_INTERVAL, then one line saying how many more were not logged ...
+UDP_LOG_MESSAGES = 100
+
+#: ... and at most this many bytes of each.
+UDP_LOG_BYTES = 200

@@ -27,7 +27,7 @@ from tcplab.address import formatAddress
 from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
-from tcplab.udp import MAX_PACKET_SIZE, DatagramEcho
+from tcplab.udp import MAX_PACKET_SIZE, MAX_SUFFIX, DatagramEcho
 
 
 class Options(coerce.CommandOptions):
@@ -54,6 +54,20 @@ class Options(coerce.CommandOptions):
     optParameters = [
         ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],
         ["udp-interface", None, defaults.HOST, "The address the UDP echo binds to."],
+        [
+            "udp-rate",
+            None,
+            defaults.UDP_RATE,
+            "UDP datagrams per second answered to one source host, on average (0: no limit).",
+            coerce.count,
+        ],
+        [
+            "udp-burst",
+            None,
+            defaults.UDP_BURST,
+            "UDP datagrams answered to one source host at once, before --udp-rate applies.",
+            coerce.positive,
+        ],
         [
             "framing",
             None,
@@ -138,6 +152,11 @@ class Options(coerce.CommandOptions):
             checkSuffix(self["framing"], self["suffix"])
         except ValueError as error:
             raise usage.UsageError(f"--suffix: {error}") from None
+        if self["udp"] is not None and len(self["suffix"]) > MAX_SUFFIX:
+            raise usage.UsageError(
+                f"--suffix: at most {MAX_SUFFIX} bytes with --udp (a UDP reply must not be much "
+                f"larger than the datagram it answers), got {len(self['suffix'])}"
+            )
         if not self["listen"]:
             self["listen"] = [defaults.LISTEN]
         longest = MAX_FRAME_PAYLOAD - len(self["suffix"])
@@ -400,7 +419,13 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         endpoint = listenerEndpoint(reactor, description, config["proxy-header-timeout"])
         service.addListener(description, _Listener(endpoint, factory))
     if config["udp"] is not None:
-        service.datagramEcho = DatagramEcho(suffix=config["suffix"], logMessages=bool(config["log-messages"]))
+        service.datagramEcho = DatagramEcho(
+            suffix=config["suffix"],
+            logMessages=bool(config["log-messages"]),
+            rate=config["udp-rate"],
+            burst=config["udp-burst"],
+            clock=reactor,  # type: ignore[arg-type]
+        )
         udp = UDPServer(
             config["udp"],
             service.datagramEcho,

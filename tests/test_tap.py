@@ -32,9 +32,9 @@ def parse(*argv: str) -> Options:
     return options
 
 
-class UDPMemoryReactor(MemoryReactor):
+class UDPMemoryReactor(MemoryReactorClock):
     """
-    A L{MemoryReactor} that also records C{listenUDP} calls.
+    A L{MemoryReactorClock} that also records C{listenUDP} calls.
     """
 
     def __init__(self) -> None:

@@ -23,6 +23,10 @@ is bounded in bytes, connections and time, and prints one line of figures:
     framing; the server's RSS growth per pending byte.
 
     python -m tests.stress.stress --only log-flood,dribble   # some of them
+  - UDP loop: one forged datagram between two UDP echoes, with no rate limit
+    (as before issue 9) and with the default one; datagrams the loop
+    exchanged, CPU seconds of each server, the worst TCP ping on one of them,
+    and the datagrams each did not answer.
 """
 
 from __future__ import annotations
@@ -314,6 +318,68 @@ def dribbledPartials(connections: int = 300, size: int = 15_000, bound: float = 
         f"dribbled partials ({connections} connections x up to {size} single bytes, no end, "
         f"at most {bound:.0f} s each): " + "; ".join(results)
     )
+def _freeUDPPort() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _udpSummary(server: ServerProcess) -> str:
+    summary = [line for line in server.log().splitlines() if "tcplab stopped" in line]
+    return summary[-1].split("UDP: ", 1)[-1] if summary else "missing"
+
+
+def udpLoop(seconds: float, *options: str) -> str:
+    """
+    Two UDP echoes, A and B, and one datagram that A answers to B: the
+    forger sends it from B's port before B listens, while A is stopped
+    (SIGSTOP: the kernel queues it), then B starts and A resumes.
+    """
+    portA, portB = _freeUDPPort(), _freeUDPPort()
+    a = ServerProcess("--udp", str(portA), *options)
+    b = None
+    try:
+        a.waitForLog(f"DatagramEcho starting on {portA}")
+        processA = psutil.Process(a.process.pid)
+        os.kill(a.process.pid, signal.SIGSTOP)
+        while processA.status() != psutil.STATUS_STOPPED:
+            time.sleep(0.01)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
+            forger.bind(("127.0.0.1", portB))
+            forger.sendto(b"forged", ("127.0.0.1", portA))
+        b = ServerProcess("--udp", str(portB), *options)
+        b.waitForLog(f"DatagramEcho starting on {portB}")
+        processes = [processA, psutil.Process(b.process.pid)]
+        before = [sum(p.cpu_times()[:2]) for p in processes]
+        os.kill(a.process.pid, signal.SIGCONT)
+        start, worst = time.monotonic(), 0.0
+        while time.monotonic() - start < seconds:
+            ping = time.monotonic()
+            assert echoOnce(a.port, "raw", [b"ping"], suffix=b"")
+            worst = max(worst, time.monotonic() - ping)
+            time.sleep(0.05)
+        cpu = [sum(p.cpu_times()[:2]) - used for p, used in zip(processes, before, strict=True)]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.sendto(b"still there?", ("127.0.0.1", portA))
+            answers = client.recv(100) == b"still there?"
+        for server in (a, b):
+            os.kill(server.process.pid, signal.SIGTERM)
+            server.wait(30)
+        summaryA, summaryB = _udpSummary(a), _udpSummary(b)
+        exchanged = sum(int(summary.split(" ", 1)[0]) for summary in (summaryA, summaryB) if summary[0].isdigit())
+        return (
+            f"UDP loop ({' '.join(options) or 'default rate limit'}): one forged datagram; "
+            f"{exchanged} datagrams exchanged in {seconds:.0f} s; CPU s used: A {cpu[0]:.2f}, B {cpu[1]:.2f}; "
+            f"worst TCP ping on A {worst * 1000:.1f} ms; A still answers a client: {answers}; "
+            f"A: {summaryA}; B: {summaryB}; logs clean: {cleanLog(a) and cleanLog(b)}"
+        )
+    finally:
+        if a.process.poll() is None:
+            os.kill(a.process.pid, signal.SIGCONT)
+        a.stop()
+        if b is not None:
+            b.stop()
 
 
 def main() -> int:
@@ -339,6 +405,8 @@ _SCENARIOS = {
     "shutdown": lambda arguments: [shutdown()],
     "log-flood": lambda arguments: [logFlood()],
     "dribble": lambda arguments: [dribbledPartials()],
+    # Without a rate limit (as before) and with the default one.
+    "udp-loop": lambda arguments: (udpLoop(arguments.seconds, *options) for options in (("--udp-rate", "0"), ())),
 }
 
 
