@@ -69,12 +69,15 @@ LOG_MESSAGE_BYTES = 200
 
 #: The UDP echo answers each source host at most this many datagrams per
 #: second on average (0: no limit) ...
-UDP_RATE = 1000
+UDP_RATE = 2000
 
 #: ... and at most this many at once: a source idle long enough may send a
 #: burst of this many before the rate applies.  A loop between two echo
-#: services (one forged datagram) dies after about this many exchanges.
-UDP_BURST = 2000
+#: services (one forged datagram) runs at about 20,000 exchanges a second on
+#: loopback, so it dies after about this many, in about half a second; a
+#: client sending one datagram at a time (tcplab client --udp, about 13,000 a
+#: second here) gets through about 12,000 before the rate applies.
+UDP_BURST = 10000
 
 #: Source hosts the UDP echo keeps rate-limiting state for; when it holds this
 #: many, all active, new sources share one more allowance of the same size.

@@ -37,7 +37,7 @@ MAX_SUFFIX = 64
 OWN_PORT = "from the echo's own port"
 LOW_PORT = "from a port below 1024"
 BAD_SOURCE = "from a broadcast, multicast or unspecified address"
-OVER_RATE = "over the per-source rate"
+OVER_RATE = "over the per-source rate (--udp-rate)"
 REPLY_TOO_LONG = "with a reply too long to send"
 REPLY_FAILED = "with a reply the network refused ({reason})"
 

@@ -455,6 +455,18 @@ class ClientCommandTests(CommandTestsMixin, SynchronousTestCase):
         lines = "".join(f"{n}\n" for n in range(500))
         self.assertSucceeds(run("--udp", "127.0.0.1", port, input=lines.encode()), lines.replace("\n", "SB\n"))
 
+    def test_udpPipedUnderDefaultRate(self) -> None:
+        """
+        A piped UDP session of 8,000 lines, one datagram at a time as fast
+        as the client goes, gets every reply from a server with the default
+        per-source rate limit: the limit stops loops, not a client.
+        """
+        server = self.server("--udp", "0")
+        port = server.waitForLog(r"tcplab listening on 127\.0\.0\.1:(\d+) \(UDP").group(1)
+        lines = "".join(f"{n}\n" for n in range(8000))
+        self.assertSucceeds(run("--udp", "127.0.0.1", port, input=lines.encode()), lines)
+        self.assertNotIn("not answered", server.log())
+
     def test_refused(self) -> None:
         """
         A refused connection: status 1, one line naming the address and why.

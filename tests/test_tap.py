@@ -105,7 +105,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(options["once"])
         self.assertTrue(options["log-messages"])
         self.assertEqual((options["close-timeout"], options["proxy-header-timeout"]), (2.5, 4.0))
-        self.assertEqual(buildService(options, MemoryReactor()).factory.closeTimeout, 2.5)
+        self.assertEqual(buildService(options, MemoryReactorClock()).factory.closeTimeout, 2.5)
 
     def test_badValues(self) -> None:
         """

@@ -397,7 +397,7 @@ class DatagramEchoTests(SynchronousTestCase):
             protocol.datagramReceived(b"y" * 5000, SENDER)
         texts = [e["text"] for e in events if "text" in e]
         self.assertEqual(texts[0], "a\\nfake line\\x1b[2J\\\\")
-        self.assertEqual(texts[1], "y" * defaults.UDP_LOG_BYTES + f"... ({5000 - defaults.UDP_LOG_BYTES} more bytes)")
+        self.assertEqual(texts[1], "y" * defaults.UDP_LOG_BYTES + f"... ({5000 - defaults.UDP_LOG_BYTES:,} more bytes)")
 
     def test_logMessagesBudget(self) -> None:
         """
