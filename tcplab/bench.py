@@ -44,7 +44,7 @@ from typing import IO, Any
 from twisted.python import usage
 
 from tcplab import coerce, defaults
-from tcplab.endpoints import splitEndpoint
+from tcplab.endpoints import REQUIRED_FIELDS, requiredFields, splitEndpoint
 from tcplab.framing import checkSuffix, encode
 from tcplab.text import plural
 
@@ -218,36 +218,19 @@ def parseEndpoint(description: str) -> Address:
     kind, positional, named = splitEndpoint(description)
     if kind in ("tls", "ssl"):
         raise ValueError(f"{kind}: endpoints are not supported: bench does not do TLS; use tcp, tcp6 or unix")
-    names = _ENDPOINT_FIELDS.get(kind)
-    if names is None:
+    if kind not in ("tcp", "tcp6", "unix"):
         raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
-    values = _endpointValues(description, positional, named, names)
-    if kind == "unix":
-        if not values.get("path"):
-            raise ValueError(f"endpoint {description!r} needs a path")
-        return Address(socket.AF_UNIX, values["path"])
-    if not values.get("host") or not values.get("port"):
-        raise ValueError(f"endpoint {description!r} needs a host and a port")
-    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
-    return tcpAddress(values["host"], coerce.remotePort(values["port"]), family)
-
-
-#: The fields of each endpoint type, in the order of its short form.
-_ENDPOINT_FIELDS = {"tcp": ("host", "port"), "tcp6": ("host", "port"), "unix": ("path",)}
-
-
-def _endpointValues(description: str, positional: list[str], named: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
-    # Named fields first, then the positional ones fill the names still
-    # missing, in order (as Twisted reads tcp:host=H:P).
+    names = REQUIRED_FIELDS[kind]
     for name in named:
         if name not in names:
             raise ValueError(f"endpoint {description!r}: {name}= is not supported (only {'= '.join(names)}=)")
-    values = dict(named)
-    missing = [name for name in names if name not in values]
-    if len(positional) > len(missing):
+    if len(positional) > len(names) - len(named):
         raise ValueError(f"endpoint {description!r} has too many fields")
-    values.update(zip(missing, positional, strict=False))
-    return values
+    values = requiredFields(description, kind, positional, named)
+    if kind == "unix":
+        return Address(socket.AF_UNIX, values["path"])
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
+    return tcpAddress(values["host"], coerce.remotePort(values["port"]), family)
 
 
 class LoadPlan:

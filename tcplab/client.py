@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from tcplab import coerce, defaults
 from tcplab.address import formatAddress
-from tcplab.endpoints import splitEndpoint
+from tcplab.endpoints import requiredFields, splitEndpoint
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
 from tcplab.text import escape, plural
 from tcplab.udp import MAX_PACKET_SIZE
@@ -58,16 +58,6 @@ def _withTimeout(d: Deferred[_T], timeout: float | None, clock: IReactorTime) ->
     return d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
 
 
-#: What each kind of client endpoint string must name, by keyword (or, where
-#: Twisted allows it, by position, in this order).
-_REQUIRED = {
-    "tcp": ("host", "port"),
-    "tcp6": ("host", "port"),
-    "tls": ("host", "port"),
-    "unix": ("path",),
-}
-
-
 def clientEndpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """
     Make a stream client endpoint from a Twisted client endpoint string, and
@@ -83,11 +73,7 @@ def clientEndpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """
     kind, positional, named = splitEndpoint(description)
     # Positional values stand for the required fields not named, in order.
-    missing = [field for field in _REQUIRED.get(kind, ()) if not named.get(field)]
-    given = [value for value in positional if value] if kind != "tcp6" else []
-    if len(given) < len(missing):
-        field = missing[len(given)]
-        raise ValueError(f"endpoint {description!r} needs a {field} ({field}=...)")
+    requiredFields(description, kind, positional if kind != "tcp6" else [], named)
     if kind == "tcp6":
         if positional:
             raise ValueError(f"endpoint {description!r}: tcp6 takes host=H:port=P only")

@@ -56,3 +56,29 @@ def splitEndpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
                         break
         named[key] = value
     return kind, positional, named
+
+
+#: What each kind of client endpoint string must name, by keyword or, where
+#: Twisted allows it, by position, in this order (C{tcp:H:P}, C{unix:P}).
+REQUIRED_FIELDS = {
+    "tcp": ("host", "port"),
+    "tcp6": ("host", "port"),
+    "tls": ("host", "port"),
+    "unix": ("path",),
+}
+
+
+def requiredFields(description: str, kind: str, positional: list[str], named: dict[str, str]) -> dict[str, str]:
+    """
+    @return: the fields C{kind} requires (L{REQUIRED_FIELDS}), each named or
+        else taken from the non-empty positional values, in order.
+    @raise ValueError: naming the first one missing.
+    """
+    required = REQUIRED_FIELDS.get(kind, ())
+    values = {field: named[field] for field in required if named.get(field)}
+    missing = [field for field in required if field not in values]
+    values.update(zip(missing, [value for value in positional if value], strict=False))
+    for field in required:
+        if field not in values:
+            raise ValueError(f"endpoint {description!r} needs a {field} ({field}=...)")
+    return values

@@ -8,19 +8,22 @@ C{connectionMade} sees the proxy's address and the real client's only later
 (twisted#12501); it closes on a bad header without saying why, waits for a
 header for ever, does not forward half-close, and gives up on a header whose
 first read is shorter than 8 bytes.  L{ProxyHeaderFactory} reads the header
-first, with a deadline, and only then connects the wrapped protocol, whose
-transport then reports the client's address from its very first call:
-limits, counts and every log line see the real client.
+first, with a deadline, and only then builds and connects the wrapped
+protocol, for the client's address: limits, counts and every log line see
+the real client.  Of Twisted's PROXY support it uses only the parsers of
+complete headers.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
-    IProtocol,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -48,6 +51,9 @@ _V1_SIGNATURE = b"PROXY "
 #: A v2 header's fixed part: signature, version and command, family, length.
 _V2_FIXED = 16
 
+#: The longest v1 header, its CRLF included (the PROXY protocol's limit).
+_V1_LONGEST = 107
+
 #: How much of a bad header a log line shows.
 _SHOWN = 64
 
@@ -55,24 +61,25 @@ _SHOWN = 64
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
     """
-    Read a PROXY header, then hand the connection to the wrapped protocol,
-    whose C{getPeer()} and C{getHost()} are the addresses the header gives.
+    Read a PROXY header, then build the wrapped protocol for the client the
+    header names and hand it the connection: its C{getPeer()} and
+    C{getHost()} are the header's addresses from its first call.  A header
+    without addresses (C{PROXY UNKNOWN}, a v2 C{LOCAL} command: a proxy's own
+    health check) leaves the proxy's.
 
     A connection whose header is missing, invalid or not complete within the
-    factory's C{headerTimeout} is logged with the reason and closed; the
-    wrapped protocol never sees it.
+    factory's C{headerTimeout} is logged with the reason and closed; no
+    wrapped protocol is ever built for it.
     """
 
     factory: ProxyHeaderFactory
     _log = Logger()
 
-    def __init__(self, factory: ProxyHeaderFactory, wrappedProtocol: IProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)
+    def __init__(self, factory: ProxyHeaderFactory) -> None:
+        super().__init__(factory, None)  # type: ignore[arg-type]
         self._info: ProxyInfo | None = None
-        self._parser: V1Parser | V2Parser | None = None
-        self._start = b""
-        self._connected = False
-        self._refused = False
+        self._header = bytearray()
+        self._done = False
         self._timer: Any = None
 
     def makeConnection(self, transport: Any) -> None:
@@ -84,56 +91,43 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self._timer = self.factory.clock.callLater(self.factory.headerTimeout, self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._info is not None:
+        if self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(data)
             return
-        if self._refused:
+        if self._done:
             return
-        if self._parser is None:
-            data = self._start + data
-            self._parser = self._choose(data)
-            if self._parser is None:
-                # Fewer than 16 bytes: enough to tell the versions apart.
-                self._start = data
-                return
-            self._start = b""
+        header = self._header
+        header += data
         try:
-            info, rest = self._parser.feed(data)
-        except InvalidProxyHeader as error:
-            version = "v1" if isinstance(self._parser, V1Parser) else "v2"
-            self._reject(f"invalid PROXY {version} header ({type(error).__name__})", data)
+            parsed = self._parse(header)
+        except _BadHeader as error:
+            self._reject(str(error), bytes(header))
             return
-        if info is None:
-            return
-        self._info = info
-        self._stopTimer()
-        self._connected = True
-        self.wrappedProtocol.makeConnection(self)
-        if rest:
-            self.wrappedProtocol.dataReceived(rest)
+        if parsed is not None:
+            info, end = parsed
+            rest = bytes(header[end:])
+            self._header = bytearray()
+            self._connect(info, rest)
 
     def readConnectionLost(self) -> None:
-        if not self._connected:
+        if self.wrappedProtocol is None:
             self.loseConnection()
-            return
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+        elif IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.readConnectionLost()
         else:
             self.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        if self._connected and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()
         self.factory.unregisterProtocol(self)
-        if self._connected:
+        if self.wrappedProtocol is not None:
             self.wrappedProtocol.connectionLost(reason)
-        elif not self._refused:
-            self._log.info(
-                "{proxy} closed before sending a PROXY header", proxy=formatAddress(self.transport.getPeer())
-            )
+        elif not self._done:
+            self._log.info("{proxy} closed before sending a PROXY header", proxy=self._proxy())
 
     def getPeer(self) -> IAddress:
         if self._info is not None and self._info.source is not None:
@@ -145,41 +139,73 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             return self._info.destination
         return self.transport.getHost()
 
-    def _choose(self, start: bytes) -> V1Parser | V2Parser | None:
-        # Which header this is, as soon as its first bytes tell; None while
-        # they could still begin either.  Anything else is no header at all.
+    def logPrefix(self) -> str:
+        return self.factory.logPrefix()
+
+    def _parse(self, header: bytearray) -> tuple[ProxyInfo, int] | None:
+        # The whole header and where it ends, once it is all there; None
+        # while it is not.  Each version's header is bounded: v1 to 107
+        # bytes, v2 to its announced length, at most 16 + 65535.
+        start = bytes(header[:_V2_FIXED])
         if start.startswith(_V2_SIGNATURE[: len(start)]):
             if len(start) < _V2_FIXED:
                 return None
             if start[12] & 0xF0 != 0x20:
-                self._reject(f"unsupported PROXY protocol version {start[12] >> 4}", start)
+                raise _BadHeader(f"unsupported PROXY protocol version {start[12] >> 4}")
+            end = _V2_FIXED + struct.unpack_from("!H", start, 14)[0]
+            if len(header) < end:
                 return None
-            return V2Parser()
+            return _checked(V2Parser.parse, bytes(header[:end]), "v2"), end
         if start.startswith(_V1_SIGNATURE[: len(start)]):
-            return V1Parser() if len(start) >= len(_V1_SIGNATURE) else None
-        self._reject("no PROXY header", start)
-        return None
+            end = header.find(b"\r\n", 0, _V1_LONGEST)
+            if end < 0:
+                if len(header) >= _V1_LONGEST:
+                    raise _BadHeader(f"PROXY v1 header longer than {_V1_LONGEST} bytes")
+                return None
+            line = bytes(header[:end])
+            if line == b"PROXY UNKNOWN":
+                # HAProxy's own health checks; Twisted's parser wants more.
+                return ProxyInfo(line, None, None), end + 2
+            return _checked(V1Parser.parse, line, "v1"), end + 2
+        raise _BadHeader("no PROXY header")
+
+    def _connect(self, info: ProxyInfo, rest: bytes) -> None:
+        self._stopTimer()
+        self._done = True
+        self._info = info
+        protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
+        if protocol is None:
+            # Turned away (the wrapped factory says why).
+            self.transport.loseConnection()
+            return
+        self.wrappedProtocol = protocol
+        protocol.makeConnection(self)
+        if rest:
+            protocol.dataReceived(rest)
 
     def _reject(self, reason: str, data: bytes) -> None:
-        self._refused = True
+        self._done = True
         self._stopTimer()
         self._log.warn(
-            "{proxy}: {reason}, got {start}; closing",
-            proxy=formatAddress(self.transport.getPeer()),
+            "{proxy}: {reason}, got '{start}'; closing",
+            proxy=self._proxy(),
             reason=reason,
-            start=repr(escape(data, limit=_SHOWN)),
+            start=escape(data, limit=_SHOWN),
         )
         self.transport.loseConnection()
 
     def _timedOut(self) -> None:
         self._timer = None
-        self._refused = True
+        self._done = True
         self._log.warn(
             "{proxy}: no complete PROXY header within {seconds:g} s; closing",
-            proxy=formatAddress(self.transport.getPeer()),
+            proxy=self._proxy(),
             seconds=self.factory.headerTimeout,
         )
         self.transport.abortConnection()
+
+    def _proxy(self) -> str:
+        return formatAddress(self.transport.getPeer())
 
     def _stopTimer(self) -> None:
         if self._timer is not None:
@@ -188,26 +214,69 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             self._timer = None
 
 
+class _BadHeader(Exception):
+    """
+    A connection's first bytes are not a valid PROXY header; the message says why.
+    """
+
+
+def _checked(parse: Callable[[bytes], ProxyInfo], header: bytes, version: str) -> ProxyInfo:
+    # Twisted's parsers raise InvalidProxyHeader (or a subclass) for what
+    # they check, and a bare ValueError (UnicodeDecodeError, int()) for an
+    # address or port they do not; nor do they check that an address is one.
+    try:
+        info = parse(header)
+    except (InvalidProxyHeader, ValueError) as error:
+        raise _BadHeader(f"invalid PROXY {version} header ({type(error).__name__})") from None
+    for address in (info.source, info.destination):
+        host = getattr(address, "host", None)
+        if host is None:
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _BadHeader(f"invalid PROXY {version} header (bad address)") from None
+        if not 0 <= address.port <= 65535:  # type: ignore[union-attr]
+            raise _BadHeader(f"invalid PROXY {version} header (bad port)")
+    return info
+
+
 class ProxyHeaderFactory(WrappingFactory):
     """
     Wrap every connection of C{wrappedFactory} in a L{ProxyHeaderProtocol}.
 
     @ivar headerTimeout: seconds a connection has to send its whole header.
+    @ivar maxPending: connections waiting for their header at once; more are
+        closed at once (they hold no slot of the wrapped factory's limits).
     @ivar clock: schedules that deadline.
     """
 
     protocol = ProxyHeaderProtocol
     noisy = False
+    _log = Logger()
 
     def __init__(
         self,
         wrappedFactory: Factory,
         clock: IReactorTime,
         headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT,
+        maxPending: int = defaults.MAX_CONNECTIONS,
     ) -> None:
         super().__init__(wrappedFactory)
         self.clock = clock
         self.headerTimeout = headerTimeout
+        self.maxPending = maxPending
+
+    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol | None:  # type: ignore[override]
+        pending = sum(1 for protocol in self.protocols if protocol.wrappedProtocol is None)
+        if self.maxPending and pending >= self.maxPending:
+            self._log.warn(
+                "{proxy}: {pending} connections already wait for their PROXY header; closing",
+                proxy=formatAddress(addr),
+                pending=pending,
+            )
+            return None
+        return self.protocol(self)
 
     def logPrefix(self) -> str:
         return f"{self.wrappedFactory.logPrefix()} (PROXY)"
@@ -224,13 +293,17 @@ class ProxyHeaderEndpoint:
         endpoint: IStreamServerEndpoint,
         clock: IReactorTime,
         headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT,
+        maxPending: int = defaults.MAX_CONNECTIONS,
     ) -> None:
         self._endpoint = endpoint
         self._clock = clock
         self._headerTimeout = headerTimeout
+        self._maxPending = maxPending
 
     def listen(self, factory: Factory) -> Any:
         """
         @return: a L{Deferred} firing with the L{IListeningPort}.
         """
-        return self._endpoint.listen(ProxyHeaderFactory(factory, self._clock, self._headerTimeout))
+        return self._endpoint.listen(
+            ProxyHeaderFactory(factory, self._clock, self._headerTimeout, self._maxPending)
+        )

@@ -8,7 +8,7 @@ L{twisted.internet.testing.StringTransport} in a unit test.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from twisted.internet import tcp
@@ -38,7 +38,8 @@ from tcplab.framing import (
     headers,
     stripLineEnding,
 )
-from tcplab.text import escape, plural
+from tcplab.messagelog import MessageLog
+from tcplab.text import plural
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -68,7 +69,7 @@ class EchoProtocol(Protocol):
     @ivar maxLength: the longest message accepted (line and length framings).
     @ivar logMessages: log every message received (escaped and cut to
         C{logMessageBytes} bytes, at most C{logMessagesPerSecond} a second;
-        see L{_MessageLog}).
+        see L{MessageLog}).
     @ivar clock: for the timers of closing and draining; none if L{None}.
     @ivar closeTimeout: seconds a closing connection gets to deliver its
         last replies (and its peer to close) before it is aborted.
@@ -83,7 +84,7 @@ class EchoProtocol(Protocol):
     factory: EchoServerFactory | None = None
     _log = Logger()
     # Made by the first message logged (see _getMessageLog).
-    _messageLog: _MessageLog | None = None
+    _messageLog: MessageLog | None = None
 
     def __init__(
         self,
@@ -213,12 +214,15 @@ class EchoProtocol(Protocol):
         self._answer(messages)
         if dropped:
             self._log.warn(
-                "{peer} closed its side mid-message; {dropped} bytes of an "
-                "incomplete frame were dropped",
+                "{peer} closed its side mid-message; {droppedBytes} of an incomplete frame dropped",
                 peer=self.peer,
                 dropped=dropped,
+                droppedBytes=plural(dropped, "byte"),
             )
         self._closing = True
+        if self.factory is not None:
+            # It has sent its last message: its slot goes to the next connection.
+            self.factory.release(self)
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abortLater()
@@ -366,11 +370,11 @@ class EchoProtocol(Protocol):
             self._timer.cancel()
         self._timer = None
 
-    def _getMessageLog(self) -> _MessageLog:
+    def _getMessageLog(self) -> MessageLog:
         log = self._messageLog
         if log is None:
-            log = self._messageLog = _MessageLog(
-                self._log, lambda: self.peer, self.clock, self.logMessagesPerSecond, self.logMessageBytes
+            log = self._messageLog = MessageLog(
+                self._log, self.clock, self.logMessagesPerSecond, self.logMessageBytes, source=lambda: self.peer
             )
         return log
 
@@ -380,10 +384,11 @@ class EchoProtocol(Protocol):
 
     def _rejectTooLong(self, error: MessageTooLong) -> None:
         self._log.warn(
-            "{peer} sent a message of {length} bytes or more, over the "
+            "{peer} sent a message of {lengthBytes} or more, over the "
             "{maxLength}-byte limit; closing the connection",
             peer=self.peer,
             length=error.length,
+            lengthBytes=plural(error.length, "byte"),
             maxLength=error.maxLength,
         )
         self._closeWith(f"line longer than {error.maxLength} bytes; closing")
@@ -396,88 +401,6 @@ class EchoProtocol(Protocol):
             assert self.transport is not None
             self.transport.write(notice)
         self.close(timeout)
-
-
-class _MessageLog:
-    """
-    The message log of one connection: every message escaped (see
-    L{escape}: no control character of the peer's reaches the log) and cut
-    to C{limit} bytes, at most C{perSecond} of them a second.  Past that,
-    messages are only counted, and once the second is over (or at L{flush})
-    one line says how many were not logged.
-
-    A read over the budget costs a clock reading and a count however many
-    messages it holds, so a peer that floods messages makes neither the log
-    nor the time spent on it grow with its traffic.
-    """
-
-    __slots__ = ("_log", "_peer", "_clock", "_perSecond", "_limit", "_secondEnds", "_left", "_notLogged", "_timer")
-
-    def __init__(
-        self, log: Logger, peer: Callable[[], str], clock: IReactorTime | None, perSecond: int, limit: int
-    ) -> None:
-        """
-        @param log: where the lines go.
-        @param peer: the peer's address, for each line.
-        @param clock: the clock of the per-second budget; L{None} for none,
-            when the first C{perSecond} messages are logged and the rest
-            only counted until L{flush}.
-        @param perSecond: messages logged a second at most.
-        @param limit: bytes of each message shown at most.
-        """
-        self._log = log
-        self._peer = peer
-        self._clock = clock
-        self._perSecond = perSecond
-        self._limit = limit
-        self._secondEnds = float("-inf")
-        self._left = perSecond
-        self._notLogged = 0
-        self._timer: IDelayedCall | None = None
-
-    def admit(self, count: int) -> int:
-        """
-        C{count} more messages arrived.
-
-        @return: how many of them, the first ones, to L{write}; the others
-            are counted as not logged.
-        """
-        clock = self._clock
-        if clock is not None:
-            now = clock.seconds()
-            if now >= self._secondEnds:
-                self.flush()
-                self._secondEnds = now + 1
-                self._left = self._perSecond
-        logged = min(count, self._left)
-        self._left -= logged
-        if logged < count:
-            self._notLogged += count - logged
-            if self._timer is None and clock is not None:
-                self._timer = clock.callLater(self._secondEnds - now, self.flush)
-        return logged
-
-    def write(self, messages: Iterable[bytes]) -> None:
-        """
-        Log C{messages}, one line each.
-        """
-        peer, limit = self._peer(), self._limit
-        for message in messages:
-            self._log.info("message from {peer}: {text}", peer=peer, text=escape(message, limit))
-
-    def flush(self) -> None:
-        """
-        Say now how many messages were not logged, if any: at the end of
-        each second over the budget, and when the connection closes.
-        """
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        count, self._notLogged = self._notLogged, 0
-        if count:
-            self._log.info(
-                "{more} from {peer} not logged", more=plural(count, "more message"), count=count, peer=self._peer()
-            )
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -885,15 +808,18 @@ class EchoServerFactory(Factory):
         """
         if not self.connections:
             return
-        self._log.warn("aborting {count} open connection(s)", count=len(self.connections))
+        self._log.warn("aborting {count}", count=plural(len(self.connections), "open connection"))
         for protocol in list(self.connections):
             protocol.abort()
 
     def _refusal(self, host: str) -> str | None:
-        if self.maxServed is not None and self.served >= self.maxServed:
-            return f"already served {plural(self.served, 'connection')}"
-        if self.maxConnections and len(self._hosts) >= self.maxConnections:
-            return f"server busy ({self.maxConnections} connections); try again later"
+        # A closing connection gives up its slot but stays open until its
+        # peer closes or closeTimeout passes: open ones are capped as well,
+        # at twice the limit, so that closing ones cannot pile up.
+        if self.maxConnections and (
+            len(self._hosts) >= self.maxConnections or len(self.connections) >= 2 * self.maxConnections
+        ):
+            return f"server busy ({plural(self.maxConnections, 'connection')}); try again later"
         if self.maxPerPeer and self._perPeer.get(host, 0) >= self.maxPerPeer:
             return f"too many connections from your address (limit {self.maxPerPeer})"
         return None

@@ -24,6 +24,7 @@ from twisted.python import usage
 
 from tcplab import coerce, defaults
 from tcplab.address import formatAddress
+from tcplab.endpoints import splitEndpoint
 from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
@@ -134,12 +135,18 @@ class Options(coerce.CommandOptions):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
+        if description.startswith("haproxy:") and endpointKind(description) in ("ssl", "tls"):
+            raise usage.UsageError(
+                f"invalid endpoint {description!r}: haproxy: cannot wrap {endpointKind(description)}: "
+                "a proxy sends its PROXY header before TLS begins (let the proxy end TLS, or pass TLS "
+                "through to a plain ssl: listener)"
+            )
         _checkEndpoint(description)
         self["listen"].append(description)
 
     opt_listen.__doc__ = (
         "Listen on this Twisted server endpoint (tcp:, tcp6:, unix:, ssl:, tls:, "
-        "systemd:, or haproxy: before any of them for connections that start with a PROXY "
+        "systemd:, or haproxy: before tcp:, tcp6:, unix: or systemd: for connections that start with a PROXY "
         f"header); repeatable; TCP and UNIX listeners get backlog={defaults.BACKLOG} unless "
         f"they name one [default: {defaults.LISTEN}]."
     )
@@ -320,7 +327,7 @@ def _describe(description: str, address: object) -> str:
         over IPv6, PROXY protocol"}, C{"UNIX socket"}.
     """
     proxied = description.startswith("haproxy:")
-    kind = description.removeprefix("haproxy:").split(":", 1)[0]
+    kind = endpointKind(description)
     if isinstance(address, UNIXAddress):
         text = "UNIX socket"
     else:
@@ -371,30 +378,45 @@ class _Listener(StreamServerEndpointService):
 _BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "tls", "unix")
 
 
+def endpointKind(description: str) -> str:
+    """
+    @return: the kind of listener C{description} names (C{"tcp"},
+        C{"unix"}, ...), behind a C{haproxy:} prefix if there is one.
+    """
+    return description.removeprefix("haproxy:").split(":", 1)[0].lower()
+
+
 def withBacklog(description: str, backlog: int = defaults.BACKLOG) -> str:
     """
     @return: C{description} with C{backlog=} added if it is a TCP, TLS or
         UNIX listener (also behind C{haproxy:}) that names none: Twisted's
         default of 50 makes a burst of connects wait for SYN retransmits.
     """
-    kind = description.removeprefix("haproxy:").split(":", 1)[0]
-    if kind in _BACKLOG_KINDS and "backlog=" not in description:
-        return f"{description}:backlog={backlog}"
-    return description
+    if endpointKind(description) not in _BACKLOG_KINDS:
+        return description
+    _, _, named = splitEndpoint(description.removeprefix("haproxy:"))
+    if "backlog" in named or (len(description) - len(description.rstrip("\\"))) % 2:
+        # Named already, or a trailing backslash would escape the colon added.
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def listenerEndpoint(
-    reactor: IReactorCore, description: str, headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT
+    reactor: IReactorCore,
+    description: str,
+    headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT,
+    maxPending: int = defaults.MAX_CONNECTIONS,
 ) -> IStreamServerEndpoint:
     """
     @return: the endpoint C{description} names, with tcplab's default backlog
         (L{withBacklog}); a C{haproxy:} prefix reads each connection's PROXY
-        header before the echo sees it (L{tcplab.proxy}).
+        header before the echo sees it (L{tcplab.proxy}), with at most
+        C{maxPending} connections waiting for theirs.
     """
     description = withBacklog(description)
     if description.startswith("haproxy:"):
         inner = serverFromString(reactor, description.removeprefix("haproxy:"))
-        return ProxyHeaderEndpoint(inner, reactor, headerTimeout)  # type: ignore[arg-type]
+        return ProxyHeaderEndpoint(inner, reactor, headerTimeout, maxPending)  # type: ignore[arg-type]
     return serverFromString(reactor, description)
 
 
@@ -416,7 +438,12 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
     )
     service = EchoService(factory, reactor, drainTimeout=config["drain-timeout"])
     for description in config["listen"]:
-        endpoint = listenerEndpoint(reactor, description, config["proxy-header-timeout"])
+        endpoint = listenerEndpoint(
+            reactor,
+            description,
+            config["proxy-header-timeout"],
+            config["max-connections"] or defaults.MAX_CONNECTIONS,
+        )
         service.addListener(description, _Listener(endpoint, factory))
     if config["udp"] is not None:
         service.datagramEcho = DatagramEcho(

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from tcplab import defaults
 from tcplab.address import formatAddress
-from tcplab.text import escape, plural
+from tcplab.messagelog import MessageLog
+from tcplab.text import plural
 
 #: Pass this as C{maxPacketSize} to C{listenUDP}: Twisted's default (8192)
 #: silently truncates larger datagrams.
@@ -181,8 +182,8 @@ class DatagramEcho(DatagramProtocol):
         self._report: IDelayedCall | None = None
         self._unreported: dict[str, int] = {}
         self._latestDropped: tuple[str, int] | None = None
-        self._messagesLogged = 0
-        self._messagesNotLogged = 0
+        # Made by the first datagram logged (it needs the clock).
+        self._messageLog: MessageLog | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -208,15 +209,20 @@ class DatagramEcho(DatagramProtocol):
         if self._report is not None and self._report.active():
             self._report.cancel()
         self._writeReport(reopen=False)
+        if self._messageLog is not None:
+            self._messageLog.flush()
 
     def summary(self) -> str:
         """
         @return: what this echo has done, in one line: datagrams, bytes,
             and how many were not answered and why.
         """
-        text = f"{plural(self.datagrams, 'datagram')}; {self.bytesIn} bytes in, {self.bytesOut} bytes out"
+        text = (
+            f"{plural(self.datagrams, 'datagram')}; "
+            f"{plural(self.bytesIn, 'byte')} in, {plural(self.bytesOut, 'byte')} out"
+        )
         if self.dropped:
-            text += f"; {sum(self.dropped.values())} not answered: {_reasons(self.dropped)}"
+            text += f"; {sum(self.dropped.values()):,} not answered: {_reasons(self.dropped)}"
         return text
 
     # The hot path: two compares for the ports, then (per source host) one
@@ -283,27 +289,25 @@ class DatagramEcho(DatagramProtocol):
             self._writeReport()
 
     def _logDatagram(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        if self._report is None:
-            self._report = self.clock.callLater(self.logInterval, self._writeReport)
-        if self._messagesLogged < defaults.UDP_LOG_MESSAGES:
-            self._messagesLogged += 1
-            self._log.info(
-                "datagram from {peer}: {text}",
-                peer=formatAddress(addr),
-                text=escape(datagram, limit=defaults.UDP_LOG_BYTES),
+        log = self._messageLog
+        if log is None:
+            log = self._messageLog = MessageLog(
+                self._log,
+                self.clock,
+                defaults.UDP_LOG_MESSAGES,
+                defaults.UDP_LOG_BYTES,
+                interval=self.logInterval,
+                what="datagram",
             )
-        else:
-            self._messagesNotLogged += 1
+        if log.admit(1):
+            log.write([datagram], formatAddress(addr))
 
     def _writeReport(self, reopen: bool = True) -> None:
         """
-        Log what is waiting to be logged (dropped datagrams, datagrams not
-        logged); unless told not to, wait C{logInterval} before the next
-        report if there was anything.
+        Log the datagrams dropped since the last report, if any; unless told
+        not to, wait C{logInterval} before the next report if there were.
         """
         self._report = None
-        self._messagesLogged = 0
-        reported = False
         if self._unreported:
             self._log.warn(
                 "UDP: {count} not answered: {reasons} (latest from {peer}); "
@@ -314,16 +318,8 @@ class DatagramEcho(DatagramProtocol):
                 interval=f"{self.logInterval:g}",
             )
             self._unreported = {}
-            reported = True
-        if self._messagesNotLogged:
-            self._log.info(
-                "UDP: {count} not logged",
-                count=plural(self._messagesNotLogged, "more datagram"),
-            )
-            self._messagesNotLogged = 0
-            reported = True
-        if reported and reopen:
-            self._report = self.clock.callLater(self.logInterval, self._writeReport)
+            if reopen:
+                self._report = self.clock.callLater(self.logInterval, self._writeReport)
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -331,4 +327,4 @@ def _reasons(counts: dict[str, int]) -> str:
     @return: C{"3 over the per-source rate, 1 from a port below 1024"}: the
         counts, largest first.
     """
-    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda item: -item[1]))
+    return ", ".join(f"{count:,} {reason}" for reason, count in sorted(counts.items(), key=lambda item: -item[1]))

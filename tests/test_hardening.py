@@ -248,6 +248,37 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(secondTransport.value(), b"served\n")
         self.assertEqual((factory.stats().served, factory.stats().refused, factory.stats().open), (2, 0, 2))
 
+    def test_halfClosedReleasesItsSlot(self) -> None:
+        """
+        A connection whose peer has shut down its write side has sent its
+        last message: while its replies drain, its slot goes to the next
+        connection.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(framing="line", maxConnections=1, reactor=clock)
+        first, _ = connect(factory, transportType=HalfCloseableTransport)
+        first.dataReceived(b"last\n")
+        first.readConnectionLost()
+        second, secondTransport = connect(factory, address(port=40001))
+        second.dataReceived(b"next\n")
+        self.assertEqual(secondTransport.value(), b"next\n")
+
+    def test_openConnectionsCapped(self) -> None:
+        """
+        Closing connections give up their slots but stay open until their
+        peers close: at twice C{maxConnections} open, new ones are refused
+        even though no slot is held, so that closing ones cannot pile up.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(framing="line", maxConnections=1, idleTimeout=0, reactor=clock)
+        for port in (40001, 40002):
+            protocol, transport = connect(factory, address(port=port), transportType=HalfCloseableTransport)
+            protocol.close()
+            self.assertFalse(transport.disconnected)
+        _, refusedTransport = connect(factory, address(port=40003))
+        self.assertEqual(refusedTransport.value(), b"error: server busy (1 connection); try again later\n")
+        self.assertEqual(factory.stats().open, 2)
+
     def test_closeTimeout(self) -> None:
         """
         C{closeTimeout} sets how long a closing connection may linger.

@@ -149,7 +149,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(transport.value(), b"")
         self.assertIn(
-            "127.0.0.1:50000: no PROXY header, got 'GET /\\\\x1b[2J HTTP/1.0\\\\r\\\\n'; closing",
+            "127.0.0.1:50000: no PROXY header, got 'GET /\\x1b[2J HTTP/1.0\\r\\n'; closing",
             messages(events),
         )
         self.assertEqual(factory.connections, set())
@@ -167,23 +167,92 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         logged = " ".join(messages(events))
         self.assertIn("invalid PROXY v1 header (InvalidNetworkProtocol)", logged)
-        self.assertIn("\\\\x07bad", logged)
+        self.assertIn("\\x07bad", logged)
         self.assertNotIn("\x07", logged)
         self.assertEqual((factory.served, factory.refused), (0, 0))
 
-    def test_forgedAddressEscaped(self) -> None:
+    def test_forgedAddress(self) -> None:
         """
-        A v1 header's addresses are not checked by Twisted's parser; control
-        characters in them reach no log line unescaped.
+        A v1 header's addresses are not checked by Twisted's parser: one that
+        is not an IP address is refused, and its control characters reach
+        the log escaped.
         """
         clock = Clock()
         factory = EchoServerFactory(reactor=clock)
         with capturedLogs() as events:
-            protocol, _ = connect(factory, clock)
+            protocol, transport = connect(factory, clock)
             protocol.dataReceived(b"PROXY TCP4 1.2.3.4\x1b]0;owned\x07 127.0.0.1 1 2\r\n")
         logged = messages(events)
-        self.assertIn("connection from 1.2.3.4\\x1b]0;owned\\x07:1", logged)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(
+            "127.0.0.1:50000: invalid PROXY v1 header (bad address), "
+            "got 'PROXY TCP4 1.2.3.4\\x1b]0;owned\\x07 127.0.0.1 1 2\\r\\n'; closing",
+            logged,
+        )
         self.assertFalse(any("\x1b" in line for line in logged))
+        self.assertEqual(factory.connections, set())
+
+    def test_badAddressOrPort(self) -> None:
+        """
+        A v1 address that is not UTF-8, or a port that is not a number or
+        out of range, is a bad header with a reason, never a traceback.
+        """
+        for header, reason in [
+            (b"PROXY TCP4 \xff 127.0.0.1 1 2\r\n", "(UnicodeDecodeError)"),
+            (b"PROXY TCP4 192.0.2.1 127.0.0.1 abc 2\r\n", "(ValueError)"),
+            (b"PROXY TCP4 192.0.2.1 127.0.0.1 70000 2\r\n", "(bad port)"),
+        ]:
+            clock = Clock()
+            with capturedLogs() as events:
+                protocol, transport = connect(EchoServerFactory(reactor=clock), clock)
+                protocol.dataReceived(header)
+            self.assertTrue(transport.disconnecting, header)
+            self.assertIn(f"invalid PROXY v1 header {reason}", " ".join(messages(events)))
+
+    def test_healthChecks(self) -> None:
+        """
+        HAProxy's health checks send C{PROXY UNKNOWN} (v1) or a v2 C{LOCAL}
+        command, with no addresses: the connection is echoed, with the
+        proxy's own address.
+        """
+        local = V2_SIGNATURE + b"\x20\x00\x00\x00"
+        for header in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN anything\r\n", local):
+            clock = Clock()
+            protocol, transport = connect(EchoServerFactory(reactor=clock), clock)
+            protocol.dataReceived(header + b"check")
+            self.assertEqual(transport.value(), b"check", header)
+            self.assertEqual(protocol.getPeer(), PROXY)
+
+    def test_servedOnce(self) -> None:
+        """
+        With C{maxServed}, a connection after the last one is turned away by
+        its client's address, without a traceback.
+        """
+        clock = Clock()
+        factory = EchoServerFactory(maxServed=1, reactor=clock)
+        first, _ = connect(factory, clock)
+        first.dataReceived(v1("192.0.2.1", 1000))
+        second, secondTransport = connect(factory, clock)
+        with capturedLogs() as events:
+            second.dataReceived(v1("192.0.2.2", 2000) + b"late")
+        self.assertTrue(secondTransport.disconnecting)
+        self.assertEqual(secondTransport.value(), b"")
+        self.assertIn("refusing 192.0.2.2:2000: already served 1 connection", messages(events))
+        second.connectionLost()
+
+    def test_pendingBounded(self) -> None:
+        """
+        Connections waiting for their header hold no slot of the echo's
+        limits, so their number has a bound of its own: past it, a new
+        connection is closed at once.
+        """
+        clock = Clock()
+        wrapper = ProxyHeaderFactory(EchoServerFactory(reactor=clock), clock, maxPending=2)
+        for _ in range(2):
+            wrapper.buildProtocol(PROXY).makeConnection(StringTransport(peerAddress=PROXY))
+        with capturedLogs() as events:
+            self.assertIsNone(wrapper.buildProtocol(PROXY))
+        self.assertIn("127.0.0.1:50000: 2 connections already wait for their PROXY header; closing", messages(events))
 
     def test_headerTimeout(self) -> None:
         """
@@ -259,7 +328,27 @@ class ProxyListenerTests(SynchronousTestCase):
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as sock:
             sock.sendall(b"hello\n" * 3)
             self.assertEqual(sock.recv(100), b"")
-        self.server.waitForLog(r"no PROXY header, got 'hello\\\\nhello")
+        self.server.waitForLog(r"no PROXY header, got 'hello\\nhello")
+
+
+class ProxyOptionTests(SynchronousTestCase):
+    """
+    C{haproxy:} wraps plain stream listeners only.
+    """
+
+    def test_noTLS(self) -> None:
+        """
+        C{haproxy:ssl:} and C{haproxy:tls:} are usage errors saying why: the
+        proxy sends its header in clear, before any TLS.
+        """
+        from twisted.python.usage import UsageError
+
+        from tcplab.tap import Options
+
+        for description in ("haproxy:ssl:0:privateKey=k.pem", "haproxy:tls:/tmp:port=0"):
+            with self.assertRaises(UsageError) as caught:
+                Options().parseOptions(["-l", description])
+            self.assertIn("haproxy: cannot wrap", str(caught.exception))
 
 
 class BacklogTests(SynchronousTestCase):
@@ -278,6 +367,19 @@ class BacklogTests(SynchronousTestCase):
         self.assertEqual(withBacklog("tcp6:9000:interface=\\:\\:1"), f"tcp6:9000:interface=\\:\\:1:backlog={backlog}")
         self.assertEqual(withBacklog("haproxy:tcp:9000"), f"haproxy:tcp:9000:backlog={backlog}")
         self.assertEqual(withBacklog("unix:/tmp/echo.sock"), f"unix:/tmp/echo.sock:backlog={backlog}")
+
+    def test_namedInAnyForm(self) -> None:
+        """
+        A C{backlog=} key is found as Twisted parses it, not as text: a
+        UNIX path holding C{backlog=} still gets one, and a trailing
+        backslash (which would escape the colon added) is left alone.
+        """
+        from tcplab.tap import withBacklog
+
+        self.assertEqual(
+            withBacklog("unix:address=/tmp/backlog=1"), f"unix:address=/tmp/backlog=1:backlog={defaults.BACKLOG}"
+        )
+        self.assertEqual(withBacklog("unix:/tmp/s\\"), "unix:/tmp/s\\")
 
     def test_kept(self) -> None:
         """

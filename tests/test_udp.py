@@ -415,7 +415,7 @@ class DatagramEchoTests(SynchronousTestCase):
             protocol.datagramReceived(b"again", SENDER)
         self.assertEqual(logged, defaults.UDP_LOG_MESSAGES)
         self.assertEqual(
-            [formatEvent(e) for e in events if "text" not in e], [f"UDP: {extra} more datagrams not logged"]
+            [formatEvent(e) for e in events if "text" not in e], [f"{extra} more datagrams not logged"]
         )
         self.assertEqual(events[-1].get("text"), "again")
 
