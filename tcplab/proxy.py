@@ -288,22 +288,16 @@ class ProxyHeaderEndpoint:
     Listen on C{endpoint} for connections that each start with a PROXY header.
     """
 
-    def __init__(
-        self,
-        endpoint: IStreamServerEndpoint,
-        clock: IReactorTime,
-        headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT,
-        maxPending: int = defaults.MAX_CONNECTIONS,
-    ) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, clock: IReactorTime, **settings: Any) -> None:
+        """
+        @param settings: L{ProxyHeaderFactory}'s C{headerTimeout} and C{maxPending}.
+        """
         self._endpoint = endpoint
         self._clock = clock
-        self._headerTimeout = headerTimeout
-        self._maxPending = maxPending
+        self._settings = settings
 
     def listen(self, factory: Factory) -> Any:
         """
         @return: a L{Deferred} firing with the L{IListeningPort}.
         """
-        return self._endpoint.listen(
-            ProxyHeaderFactory(factory, self._clock, self._headerTimeout, self._maxPending)
-        )
+        return self._endpoint.listen(ProxyHeaderFactory(factory, self._clock, **self._settings))

@@ -416,7 +416,7 @@ def listenerEndpoint(
     description = withBacklog(description)
     if description.startswith("haproxy:"):
         inner = serverFromString(reactor, description.removeprefix("haproxy:"))
-        return ProxyHeaderEndpoint(inner, reactor, headerTimeout, maxPending)  # type: ignore[arg-type]
+        return ProxyHeaderEndpoint(inner, reactor, headerTimeout=headerTimeout, maxPending=maxPending)  # type: ignore[arg-type]
     return serverFromString(reactor, description)
 
 

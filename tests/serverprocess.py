@@ -4,6 +4,7 @@ Run the tcplab server in a child process, as a user would, for tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase as TestCase
@@ -34,6 +36,18 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+@contextlib.contextmanager
+def takenPort() -> Iterator[int]:
+    """
+    A port on 127.0.0.1 that another socket listens on, for as long as the
+    context lasts.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        yield taken.getsockname()[1]
 
 
 def twist(*args: str, timeout: float = 20, runner: list[str] = TWIST) -> subprocess.CompletedProcess[str]:

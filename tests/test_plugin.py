@@ -16,7 +16,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import TWISTD, ServerProcess, assertLessonOnce, environment, twist
+from tests.serverprocess import TWISTD, ServerProcess, assertLessonOnce, environment, takenPort, twist
 
 
 class PluginDiscoveryTests(SynchronousTestCase):
@@ -71,10 +71,7 @@ class CommandLineTests(SynchronousTestCase):
         """
         Listening on a port that is taken prints one line and exits non-zero.
         """
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen(1)
-            port = taken.getsockname()[1]
+        with takenPort() as port:
             result = twist("--listen", f"tcp:{port}:interface=127.0.0.1")
         self.assertEqual(result.returncode, 1)
         self.assertEqual(
@@ -92,10 +89,7 @@ class CommandLineTests(SynchronousTestCase):
         directory = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, directory)
         pidfile, logfile = directory / "twistd.pid", directory / "twistd.log"
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen(1)
-            port = taken.getsockname()[1]
+        with takenPort() as port:
             result = twist(
                 "--listen", f"tcp:{port}:interface=127.0.0.1",
                 runner=[*TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile)],
@@ -120,10 +114,7 @@ class CommandLineTests(SynchronousTestCase):
         directory = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, directory)
         pidfile = directory / "twistd.pid"
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen(1)
-            port = taken.getsockname()[1]
+        with takenPort() as port:
             result = twist(
                 "--listen", f"tcp:{port}:interface=127.0.0.1",
                 runner=[*TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(directory / "log")],
