@@ -61,6 +61,8 @@ DATAGRAM_HOLD_LIMIT = 1024 * 1024
 #: How often a reset waits to see its last reply leave, in seconds.
 RESET_POLL = 0.01
 
+_log = Logger()
+
 #: The command-line option of each field of L{Faults}.
 OPTIONS = {
     "delay": "delay",
@@ -690,9 +692,13 @@ def applyFaults(service: IServiceCollection, faults: Faults, clock: IReactorTime
     Put the fault layer between each listener of C{service} and what it
     serves: the factory of every stream listener (a
     L{StreamServerEndpointService}) is wrapped in a L{FaultyFactory}, the
-    protocol of every L{UDPServer} in a L{FaultyDatagramProtocol}.  Call it
-    before the service starts.  With no fault set it changes nothing.
+    protocol of every L{UDPServer} in a L{FaultyDatagramProtocol}, and says
+    so in the log (a server that misbehaves on purpose must not pass for a
+    broken one).  Call it before the service starts.  With no fault set it
+    changes nothing.
     """
+    if faults.stream or faults.datagram:
+        _log.warn("tcplab injects faults: {faults}", faults=str(faults))
     for child in service:
         if faults.stream and isinstance(child, StreamServerEndpointService):
             child.factory = FaultyFactory(child.factory, faults, clock)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tcplab.faults import OPTIONS
 from tcplab.tap import Options
@@ -97,6 +97,22 @@ class TestingDocTests(SynchronousTestCase):
         """
         for field, option in OPTIONS.items():
             self.assertRegex(DOC, rf"\| `--{option}[^`]*` \| `{field}` \|")
+
+    def test_costScript(self) -> None:
+        """
+        The script behind the doc's figures of faults turned off runs, and
+        prints a table per load (here briefly, against this very revision).
+        """
+        self.assertIn("python -m benchmarks.fault_layer --baseline ", DOC)
+        if not (ROOT / ".git").exists():
+            raise SkipTest("not a git checkout")
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.fault_layer", "--baseline", "HEAD", "--duration", "0.3", "--repeat", "1"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("### ping-pong 10 x 64 B", result.stdout)
+        self.assertIn("| this tree, inert fault layer |", result.stdout)
 
     def test_readmeExample(self) -> None:
         """

@@ -12,6 +12,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -531,6 +532,18 @@ class FactoryTests(SynchronousTestCase):
         stream, udp = list(service)
         self.assertIsInstance(stream.factory, FaultyFactory)
         self.assertIs(udp.args[1], service.datagramEcho)
+
+    def test_logged(self) -> None:
+        """
+        A server with faults says so in its log, once.
+        """
+        with capturedLogs() as events:
+            buildService(parse("--delay", "0.5", "--seed", "3"), MemoryReactor())
+            buildService(parse(), MemoryReactor())
+        self.assertEqual(
+            [formatEvent(event) for event in events if "faults" in formatEvent(event)],
+            ["tcplab injects faults: --delay 0.5 --seed 3"],
+        )
 
     def test_applyNothing(self) -> None:
         """
