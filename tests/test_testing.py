@@ -443,14 +443,24 @@ class TwistedClientTests(TestCase):
     its child process.
     """
 
-    def setUp(self) -> None:
-        self.server = EchoServerProcess(framing="line", suffix="SB")
-        self.addCleanup(self.server.stop)
-
     async def test_echoClient(self) -> None:
         """
         L{EchoClient} connects to C{server.endpoint}.
         """
-        client = await EchoClient.connect(reactor, self.server.endpoint, framing="line")
+        server = EchoServerProcess(framing="line", suffix="SB")
+        self.addCleanup(server.stop)
+        client = await EchoClient.connect(reactor, server.endpoint, framing="line")
         self.assertEqual(await client.request(b"hi"), b"hiSB")
+        await client.close()
+
+    async def test_ipv6(self) -> None:
+        """
+        On IPv6, C{endpoint} is a C{tcp:} client string with the address escaped.
+        """
+        server = EchoServerProcess(listen="tcp6:0:interface=\\:\\:1")
+        self.addCleanup(server.stop)
+        self.assertEqual(server.address, ("::1", server.port))
+        self.assertEqual(server.endpoint, f"tcp:host=\\:\\:1:port={server.port}")
+        client = await EchoClient.connect(reactor, server.endpoint)
+        self.assertEqual(await client.request(b"v6"), b"v6")
         await client.close()

@@ -183,9 +183,9 @@ class EchoServerProcess:
             self.udpAddress = (udp[0]["host"], udp[0]["port"])
         unix = [listener for listener in self.listeners if listener["kind"] == "UNIX"]
         if tcp:
-            family = "tcp6" if ":" in tcp[0]["host"] else "tcp"
+            # Twisted's "tcp:" client endpoint takes IPv6 literals too (escaped).
             host = tcp[0]["host"].replace(":", "\\:")
-            self.endpoint = f"{family}:host={host}:port={tcp[0]['port']}"
+            self.endpoint = f"tcp:host={host}:port={tcp[0]['port']}"
         elif unix:
             self.endpoint = f"unix:path={unix[0]['address']}"
         else:
