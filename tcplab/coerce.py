@@ -123,6 +123,19 @@ def seconds(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """
+    @return: a fraction from 0 to 1.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid fraction {text!r}: expected a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"fraction must be from 0 to 1, got {text}")
+    return value
+
+
 def framing(text: str) -> str:
     """
     @return: the name of a framing.

@@ -25,6 +25,7 @@ from twisted.python import usage
 from tcplab import coerce, defaults
 from tcplab.address import formatAddress
 from tcplab.endpoints import splitEndpoint
+from tcplab.faults import Faults, applyFaults
 from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
@@ -128,6 +129,15 @@ class Options(coerce.CommandOptions):
             "haproxy: listeners: seconds a connection has to send its PROXY header.",
             coerce.seconds,
         ],
+        # Fault injection (tcplab.faults): a server that misbehaves on purpose.
+        ["delay", None, None, "Fault: send each reply this many seconds late (TCP and UDP).", coerce.seconds],
+        ["jitter", None, None, "Fault: up to this many more seconds per reply, at random; never reordered.", coerce.seconds],
+        ["chunk", None, None, "Fault: write replies in pieces of at most this many bytes.", coerce.size],
+        ["chunk-delay", None, None, "Fault: seconds between two pieces (with --chunk).", coerce.seconds],
+        ["close-after", None, None, "Fault: close each connection cleanly after this many replies.", coerce.count],
+        ["reset-after", None, None, "Fault: reset each connection (TCP RST) after this many replies.", coerce.count],
+        ["udp-drop", None, None, "Fault: drop this fraction (0-1) of the UDP datagrams.", coerce.fraction],
+        ["seed", None, None, "Fault: seed every random choice (jitter, drops), for runs that repeat.", coerce.count],
     ]
 
     def __init__(self) -> None:
@@ -169,6 +179,10 @@ class Options(coerce.CommandOptions):
         longest = MAX_FRAME_PAYLOAD - len(self["suffix"])
         if self["max-length"] > longest:
             raise usage.UsageError(f"--max-length must be at most {longest}")
+        try:
+            Faults.fromOptions(self)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 def _checkEndpoint(description: str) -> None:
@@ -461,6 +475,7 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
             reactor=reactor,
         )
         service.addListener(f"udp:{config['udp']}:interface={config['udp-interface']}", udp)
+    applyFaults(service, Faults.fromOptions(config), reactor)
     if config["once"]:
         factory.whenServed().addCallback(lambda _: reactor.stop())
     return service

@@ -101,6 +101,35 @@ class WheelTests(SynchronousTestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
 
+    def test_wheelHoldsTestingHelpers(self) -> None:
+        """
+        The wheel ships tcplab.testing and registers its pytest plugin.
+        """
+        wheel = zipfile.ZipFile(self.installed.wheel)
+        names = wheel.namelist()
+        for module in ("__init__", "memory", "plugin", "process", "serve"):
+            self.assertIn(f"tcplab/testing/{module}.py", names)
+        [entryPoints] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        self.assertIn("[pytest11]\ntcplab = tcplab.testing.plugin", wheel.read(entryPoints).decode())
+
+    def test_installedTestingHelpers(self) -> None:
+        """
+        The installed C{runningEchoServer} starts the installed server (no
+        pytest needed) and reads its stats.
+        """
+        script = (
+            "import socket\n"
+            "from tcplab.testing import runningEchoServer\n"
+            "with runningEchoServer(suffix='SB') as server:\n"
+            "    with socket.create_connection(server.address, timeout=10) as client:\n"
+            "        client.sendall(b'hi')\n"
+            "        assert client.recv(100) == b'hiSB'\n"
+            "    print(server.stats().served)\n"
+        )
+        result = run(self.installed.bin / "python", "-c", script, env=self.installed.env, cwd=self.installed.workdir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "1")
+
     def test_twistdListsPlugin(self) -> None:
         """
         The installed C{twistd --help} lists tcplab.
