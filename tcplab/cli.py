@@ -36,6 +36,7 @@ from tcplab.address import formatAddress
 from tcplab.bench import BenchOptions, runBench
 from tcplab.client import DatagramEchoClient, EchoClient, ReplyTimeout
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
+from tcplab.lab import LabOptions, runLab
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -179,6 +180,7 @@ class Options(usage.Options):
     subCommands: list[tuple[str, None, type[usage.Options], str]] = [
         ("client", None, ClientOptions, "Send messages to an echo server, print the replies."),
         ("bench", None, BenchOptions, "Measure an echo server: throughput, latency, errors."),
+        ("lab", None, LabOptions, "Run the lesson's experiments live on this machine (--lang zh: 中文)."),
     ]
 
     opt_version = coerce.CommandOptions.opt_version
@@ -597,6 +599,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return runClient(options.subOptions)
     if options.subCommand == "bench":
         return runBench(options.subOptions)
+    if options.subCommand == "lab":
+        return runLab(options.subOptions)
     return EXIT_OK
 
 
