@@ -48,8 +48,8 @@ SERVER_GOT = Text(
     zh="这段时间里，服务端的 recv(1024) 返回了 {count} 次。",
 )
 THEN = Text(
-    en="Next the client sent {message!r} and got {reply!r} in {time:.3f} s: the connection was fine all along.",
-    zh="然后客户端发了 {message!r}，{time:.3f} 秒就收到 {reply!r}：连接一直是好的。",
+    en="Next the client sent {message!r} and got {reply!r} in {time:.1f} ms: the connection was fine all along.",
+    zh="然后客户端发了 {message!r}，{time:.1f} 毫秒就收到 {reply!r}：连接一直是好的。",
 )
 PIPED_RUN = Text(
     en="Piped {lines} lines, {input!r}, into 'tcplab client 127.0.0.1 {port}': it exited with {code} and printed {output!r}.",
@@ -113,7 +113,7 @@ def run(record: Record) -> None:
             phone.settimeout(5)
             phone.send("你好".encode())
             followUp = phone.recv(1024).decode("utf-8", "replace")
-            record.say(THEN, message="你好", reply=followUp, time=time.monotonic() - start)
+            record.say(THEN, message="你好", reply=followUp, time=(time.monotonic() - start) * 1000)
         result = runClient("127.0.0.1", str(server.port), stdin=PIPED.encode())
         server.waitServed(2)
         output = result.stdout.decode("utf-8", "replace")

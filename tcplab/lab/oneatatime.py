@@ -37,32 +37,32 @@ TCPLAB_STARTED = Text(
     zh="在 127.0.0.1:{port} 上启动了 tcplab 的服务端（twist tcplab --suffix SB，在子进程里运行）。",
 )
 FIRST = Text(
-    en="Client 1 sent {message!r} and got {reply!r} after {time:.3f} s; it stays connected for {hold:.1f} s.",
-    zh="客户端 1 发了 {message!r}，{time:.3f} 秒后收到 {reply!r}；它会保持连接 {hold:.1f} 秒。",
+    en="Client 1 sent {message!r} and got {reply!r} after {time:.1f} ms; it stays connected for {hold:.1f} s.",
+    zh="客户端 1 发了 {message!r}，{time:.1f} 毫秒后收到 {reply!r}；它会保持连接 {hold:.1f} 秒。",
 )
 SECOND = Text(
-    en="Client 2 connected in {connect:.3f} s and sent {message!r}.",
-    zh="客户端 2 用 {connect:.3f} 秒连上，发了 {message!r}。",
+    en="Client 2 connected in {connect:.1f} ms and sent {message!r}.",
+    zh="客户端 2 用 {connect:.1f} 毫秒连上，发了 {message!r}。",
 )
 REPLY_AFTER = Text(
-    en="Client 2 got {reply!r} {wait:.3f} s after sending it, {gap:.3f} s after client 1 left.",
-    zh="客户端 2 发出消息 {wait:.3f} 秒后才收到 {reply!r}，那是客户端 1 离开之后 {gap:.3f} 秒。",
+    en="Client 2 got {reply!r} {wait:.1f} ms after sending it, {gap:.1f} ms after client 1 left.",
+    zh="客户端 2 发出消息 {wait:.1f} 毫秒后才收到 {reply!r}，那是客户端 1 离开之后 {gap:.1f} 毫秒。",
 )
 REPLY_BEFORE = Text(
-    en="Client 2 got {reply!r} {wait:.3f} s after sending it, {gap:.3f} s before client 1 left.",
-    zh="客户端 2 发出消息 {wait:.3f} 秒后就收到 {reply!r}，那时离客户端 1 离开还有 {gap:.3f} 秒。",
+    en="Client 2 got {reply!r} {wait:.1f} ms after sending it, {gap:.1f} ms before client 1 left.",
+    zh="客户端 2 发出消息 {wait:.1f} 毫秒后就收到 {reply!r}，那时离客户端 1 离开还有 {gap:.1f} 毫秒。",
 )
 NO_REPLY = Text(
     en="Client 2 got no reply within {timeout:.0f} s.",
     zh="客户端 2 在 {timeout:.0f} 秒内没收到回复。",
 )
 LESSON_WAITED = Text(
-    en="The lesson's server kept client 2 waiting {wait:.3f} s, until client 1 left (client 1 held it {hold:.1f} s).",
-    zh="课文的服务端让客户端 2 等了 {wait:.3f} 秒，一直等到客户端 1 离开（客户端 1 占着它 {hold:.1f} 秒）。",
+    en="The lesson's server kept client 2 waiting {wait:.1f} ms, until client 1 left (client 1 held it {hold:.1f} s).",
+    zh="课文的服务端让客户端 2 等了 {wait:.1f} 毫秒，一直等到客户端 1 离开（客户端 1 占着它 {hold:.1f} 秒）。",
 )
 TCPLAB_AT_ONCE = Text(
-    en="tcplab answered client 2 in {wait:.3f} s, while client 1 was still connected.",
-    zh="tcplab 只用 {wait:.3f} 秒就回复了客户端 2，那时客户端 1 还连着。",
+    en="tcplab answered client 2 in {wait:.1f} ms, while client 1 was still connected.",
+    zh="tcplab 只用 {wait:.1f} 毫秒就回复了客户端 2，那时客户端 1 还连着。",
 )
 MEANING = Text(
     en=(
@@ -142,14 +142,15 @@ def twoClients(port: int, hold: float = HOLD, timeout: float = 5.0) -> TwoClient
 
 
 def _report(record: Record, clients: TwoClients, timeout: float = 5.0) -> None:
-    record.say(FIRST, message=FIRST_MESSAGE, reply=clients.firstReply, time=clients.firstTime, hold=HOLD)
-    record.say(SECOND, connect=clients.connect, message=SECOND_MESSAGE)
+    # Milliseconds: tcplab's times are well under one.
+    record.say(FIRST, message=FIRST_MESSAGE, reply=clients.firstReply, time=clients.firstTime * 1000, hold=HOLD)
+    record.say(SECOND, connect=clients.connect * 1000, message=SECOND_MESSAGE)
     if clients.reply is None:
         record.say(NO_REPLY, timeout=timeout)
     elif clients.gap >= 0:
-        record.say(REPLY_AFTER, reply=clients.reply, wait=clients.wait, gap=clients.gap)
+        record.say(REPLY_AFTER, reply=clients.reply, wait=clients.wait * 1000, gap=clients.gap * 1000)
     else:
-        record.say(REPLY_BEFORE, reply=clients.reply, wait=clients.wait, gap=-clients.gap)
+        record.say(REPLY_BEFORE, reply=clients.reply, wait=clients.wait * 1000, gap=-clients.gap * 1000)
 
 
 def run(record: Record) -> None:
@@ -178,10 +179,10 @@ def run(record: Record) -> None:
     )
     record.expect(
         slow.reply == SECOND_MESSAGE + "SB" and slow.gap >= 0 and slow.wait >= HOLD / 2,
-        LESSON_WAITED, wait=slow.wait, hold=HOLD,
+        LESSON_WAITED, wait=slow.wait * 1000, hold=HOLD,
     )
     record.expect(
-        fast.reply == SECOND_MESSAGE + "SB" and fast.gap < 0, TCPLAB_AT_ONCE, wait=fast.wait
+        fast.reply == SECOND_MESSAGE + "SB" and fast.gap < 0, TCPLAB_AT_ONCE, wait=fast.wait * 1000
     )
     record.explain(MEANING)
 

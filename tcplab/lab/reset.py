@@ -164,7 +164,10 @@ def run(record: Record) -> None:
         unreadData=unread,
         abort=abort,
         cleanClose={"recvs": len(clean.received), "emptyRecvs": clean.emptyReads, "ended": clean.ended},
-        halfClose={"emptyRecvs": spun.emptyReads, "seconds": SPIN, "bytesToClient": bytesBack, "ended": spun.ended},
+        halfClose={
+            "emptyRecvs": spun.emptyReads, "replies": spun.replies, "seconds": SPIN,
+            "bytesToClient": bytesBack, "ended": spun.ended,
+        },
         fixed={"recvs": len(fixed.received), "ended": fixed.ended},
     )
     record.expect(unread == abort == "ConnectionResetError", RESETS)

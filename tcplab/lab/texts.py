@@ -60,11 +60,11 @@ checkLanguage.coerceDoc = "en (English) or zh (中文)."  # type: ignore[attr-de
 #: The width, in terminal columns, the lab's lines are wrapped to.
 WIDTH = 96
 
-# A quoted value without spaces ('你好SB'), a number of seconds ("1.0 s"), a
+# A quoted value without spaces ('你好SB'), a duration ("1.0 s", "0.3 ms"), a
 # run of ASCII that must not be broken (a word, a number, a command), a run
 # of spaces, or any other single character (a line can end after any Chinese
 # character).
-_TOKEN = re.compile(r"'[^'\s]*'[!-~]*|[!-~]*\d s\b[!-~]*|[!-~]+|\s+|.")
+_TOKEN = re.compile(r"'[^'\s]*'[!-~]*|[!-~]*\d m?s\b[!-~]*|[!-~]+|\s+|.")
 
 # Punctuation that may not begin a line, and that may not end one.
 _NO_LINE_START = set("，。、；：？！）》」』”’,.;:?!)")
