@@ -503,11 +503,17 @@ class DocsTests(SynchronousTestCase):
                 passed = Record(lang).text(tcplab.lab.texts.PASSED)
                 self.assertIn(passed, section, name)
 
-    def test_readmeLinks(self) -> None:
+    def test_readme(self) -> None:
         """
-        The README's lab section links both docs.
+        The README's lab section links both docs, and its commands are ones
+        docs/lab.md shows (and so ones these tests run).
         """
         readme = (ROOT / "README.md").read_text(encoding="utf-8")
-        self.assertIn("## The lab", readme)
-        self.assertIn("(docs/lab.md)", readme)
-        self.assertIn("(docs/lab.zh.md)", readme)
+        section = readme.split("## The lab\n", 1)[1].split("\n## ", 1)[0]
+        self.assertIn("(docs/lab.md)", section)
+        self.assertIn("(docs/lab.zh.md)", section)
+        [block] = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+        commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+        self.assertTrue(commands)
+        for command in commands:
+            self.assertIn(command, shCommands(DOCS["en"]))
