@@ -113,6 +113,14 @@ def readMessages(port: int, framing: str, data: bytes, count: int, timeout: floa
     return [stripLineEnding(m) for m in messages] if framing == "line" else messages
 
 
+def _piecesRead(served: lesson.Served, size: int, timeout: float = 5.0) -> list[int]:
+    # The sizes of the server's recv(1024)s after the first, once they add up to size.
+    deadline = time.monotonic() + timeout
+    while sum(pieces := [len(data) for data in served.received[1:]]) < size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pieces
+
+
 def run(record: Record) -> None:
     """
     The lesson's server on two quick messages and a long one, then tcplab's
@@ -134,8 +142,9 @@ def run(record: Record) -> None:
                 record.say(ONE_RECV, data=firstRead.decode(), reply=reply.decode())
                 phone.sendall(b"a" * SIZE)
                 record.say(BIG_SENT, size=SIZE)
-                answer = lesson.receiveUntilQuiet(phone, SIZE + 2)
-                pieces = [len(data) for data in served.received[1:]]
+                pieces = _piecesRead(served, SIZE)
+                # One SB per piece: wait for all of them, then for any more.
+                answer = lesson.receiveUntilQuiet(phone, SIZE + len(lesson.SUFFIX) * len(pieces), quiet=0.2)
                 total = sum(map(len, answer))
                 suffixes = b"".join(answer).count(b"SB")
                 record.say(

@@ -113,8 +113,10 @@ def twoClients(port: int, hold: float = HOLD, timeout: float = 5.0) -> TwoClient
 
     def leave() -> None:
         time.sleep(max(0.0, start + hold - time.monotonic()))
-        first.close()
+        # The time it starts to leave: the server may see the close (and
+        # answer client 2) before close() has even returned here.
         leftAt.append(time.monotonic())
+        first.close()
 
     leaving = threading.Thread(target=leave, name="client-1", daemon=True)
     try:
