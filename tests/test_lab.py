@@ -517,3 +517,26 @@ class DocsTests(SynchronousTestCase):
         self.assertTrue(commands)
         for command in commands:
             self.assertIn(command, shCommands(DOCS["en"]))
+
+
+class InstalledLabTests(SynchronousTestCase):
+    """
+    The lab ships in the wheel and runs from an installed tcplab.
+    """
+
+    def test_installedLab(self) -> None:
+        """
+        The installed C{tcplab lab} runs an experiment of its own (reset)
+        and one that starts the installed C{twist tcplab} (udp).
+        """
+        from tests.test_packaging import installation
+
+        installed = installation()
+        for name in ("reset", "udp"):
+            result = subprocess.run(
+                [str(installed.bin / "tcplab"), "lab", name, "--json"],
+                capture_output=True, text=True, env=installed.env, cwd=installed.workdir, timeout=120,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertTrue(json.loads(result.stdout)["passed"])
+
