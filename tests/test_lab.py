@@ -427,7 +427,7 @@ class ExperimentTests(SynchronousTestCase):
             self.assertEqual((seen["unreadData"], seen["abort"]), ("ConnectionResetError", "ConnectionResetError"))
             self.assertGreaterEqual(seen["cleanClose"]["emptyRecvs"], 1)
             self.assertNotEqual(seen["cleanClose"]["ended"], "ConnectionResetError")
-            self.assertGreaterEqual(seen["halfClose"]["emptyRecvs"], 10)
+            self.assertGreater(seen["halfClose"]["emptyRecvs"], 1)
             self.assertEqual(seen["halfClose"]["ended"], lesson.TIME_LIMIT)
             self.assertEqual(seen["halfClose"]["bytesToClient"], 2 * seen["halfClose"]["replies"])
             self.assertEqual(seen["fixed"], {"recvs": 1, "ended": lesson.CLIENT_LEFT})

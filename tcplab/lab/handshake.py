@@ -214,7 +214,11 @@ def follow(record: Record) -> list[Step]:
 
 
 def _shown(state: str, record: Record) -> str:
-    return record.text(NO_SOCKET) if state == kernel.GONE else state
+    # The state's name and its code in /proc/net/tcp: "SYN_SENT (02)".
+    if state == kernel.GONE:
+        return record.text(NO_SOCKET)
+    code = kernel.CODES.get(state)
+    return state if code is None else f"{state} ({code:02X})"
 
 
 def _waitForQueue(port: int, length: int, timeout: float = 5.0) -> None:

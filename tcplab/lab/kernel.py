@@ -40,6 +40,9 @@ STATES = {
     0x0C: "NEW_SYN_RECV",
 }
 
+#: The codes of the states, by name.
+CODES = {name: code for code, name in STATES.items()}
+
 #: What L{stateOf} gives for a connection the kernel does not list.
 GONE = "none"
 

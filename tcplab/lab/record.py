@@ -10,7 +10,7 @@ written at once, so that a reader sees the experiment happen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,13 @@ class Record:
         @return: C{text} in this record's language.
         """
         return text.format(self.lang, **values)
+
+    def join(self, items: Iterable[object]) -> str:
+        """
+        @return: C{items} as a list in this record's language: C{"a, b"} in
+            English, C{"a、b"} in Chinese.
+        """
+        return ("、" if self.lang == "zh" else ", ").join(map(str, items))
 
     def line(self, line: str, first: str = "", rest: str = "    ") -> None:
         """

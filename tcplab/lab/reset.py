@@ -35,7 +35,7 @@ ABORT = Text(
     zh="强行中止：服务端把 SO_LINGER 设为（开，0 秒）再关闭。客户端的 recv(1024) 抛出 {error}。",
 )
 CLEAN = Text(
-    en="Clean close: the client closed. The lesson's loop on the server: recv returned b'' in {empty} of {recvs} calls, send() went through {replies} times, and the loop ended with {ended}.",
+    en="Clean close: the client closed. The lesson's loop on the server: recv returned b'' in {empty} of {recvs} calls, {replies} of its send() calls went through, and the loop ended with {ended}.",
     zh="正常关闭：客户端关闭了连接。服务端上课文的循环：{recvs} 次 recv 里有 {empty} 次返回 b''，send() 成功了 {replies} 次，最后以 {ended} 结束。",
 )
 HALF = Text(
@@ -181,7 +181,11 @@ def run(record: Record) -> None:
         clean.received[:1] == [b""] and clean.ended != "ConnectionResetError",
         NO_RESET, ended=clean.ended, fate=record.text(fate),
     )
-    record.expect(spun.emptyReads >= 10 and spun.ended == lesson.TIME_LIMIT, SPINS, empty=spun.emptyReads, seconds=SPIN)
+    # Still going when the lab stopped it: it spins (a loaded machine may
+    # run it less often, but it never stops on its own).
+    record.expect(
+        spun.emptyReads > 1 and spun.ended == lesson.TIME_LIMIT, SPINS, empty=spun.emptyReads, seconds=SPIN
+    )
     record.expect(fixed.received == [b""] and fixed.ended == lesson.CLIENT_LEFT, FIX_WORKS)
     record.explain(MEANING)
 

@@ -109,14 +109,6 @@ def wrap(text: str, first: str = "", rest: str = "", width: int = WIDTH) -> list
     return lines
 
 
-def joinNotes(lang: str, notes: tuple[int, ...]) -> str:
-    """
-    @return: the lesson's note numbers as a reader expects them: C{"6, 7"}
-        in English, C{"6、7"} in Chinese.
-    """
-    return ("、" if lang == "zh" else ", ").join(map(str, notes))
-
-
 # What the runner says around every experiment.
 
 HEADING = Text(
