@@ -129,7 +129,12 @@ def runLab(options: LabOptions, out: IO[str] | None = None) -> int:
             for n, summary in listing.items():
                 out.write(f"{n:<{width}}  {summary}\n")
         return EXIT_OK
-    record = runExperiment(name, lang, None if options["json"] else out)
+    try:
+        record = runExperiment(name, lang, None if options["json"] else out)
+    except KeyboardInterrupt:
+        # Ctrl-C: every server and socket of the experiment is closed on the way out.
+        print("tcplab lab: interrupted", file=sys.stderr)
+        return EXIT_NOT_SEEN
     if options["json"]:
         out.write(json.dumps(_asJSON(name, record), ensure_ascii=False) + "\n")
     return exitCode(record)
