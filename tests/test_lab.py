@@ -123,6 +123,8 @@ class KernelTests(SynchronousTestCase):
             file.flush()
             self.patch(kernel, "PROC_NET_TCP", Path(file.name))
             listening, closing = kernel.sockets()
+            self.assertEqual(kernel.sockets(0xA2B4), [closing])
+            self.assertEqual(kernel.sockets(0x16), [])  # not on 127.0.0.1
             self.assertEqual(kernel.stateOf(8081, 0xA2B4), "TIME_WAIT")
             self.assertEqual(kernel.stateOf(8081, 1), kernel.GONE)
         self.assertEqual((listening.localPort, listening.remotePort, listening.state), (8081, 0, "LISTEN"))

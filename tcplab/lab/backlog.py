@@ -22,7 +22,8 @@ EXTRA = 3
 CONNECT_WAIT = 0.2
 
 #: How long the waiting connections are given once the server has accepted,
-#: in seconds: Linux resends an unanswered SYN after 1, 3 and 7 s.
+#: in seconds: Linux resends an unanswered SYN after 1 s, then every second or more
+#: (linearly for the first few since Linux 6.5, doubling before).
 RETRY_WAIT = 8.0
 
 SUMMARY = Text(
@@ -82,13 +83,14 @@ MEANING = Text(
         "The kernel, not the program, answers the handshake. listen(n) sizes the queue of connections "
         "whose handshake is complete and that the program has not yet accepted (Linux lets n + 1 in). "
         "While it is full, the kernel drops new SYNs without a word, and the clients resend them after "
-        "1 s, 3 s, 7 s...: their connect() waits rather than fails. So listen(5) does not limit how many "
-        "clients a server has, only how many may queue while it is busy: a server that accepts quickly "
+        "1 s, then again at intervals of a second or more: their connect() waits rather than fails. "
+        "So listen(5) does not limit how many clients a server has, only how many may queue while it "
+        "is busy: a server that accepts quickly "
         "(as tcplab does, with a backlog of 1024) rarely needs more."
     ),
     zh=(
         "三次握手是内核完成的，不是程序。listen(n) 设定的是“全连接队列”的大小：握手已经完成、但程序还没 accept 的连接都排在这里"
-        "（Linux 上能排 n + 1 个）。队列满了以后，内核会一声不响地丢掉新来的 SYN，客户端在 1 秒、3 秒、7 秒……之后重发，"
+        "（Linux 上能排 n + 1 个）。队列满了以后，内核会一声不响地丢掉新来的 SYN，客户端 1 秒后重发，之后每隔一秒或更久再发，"
         "所以它的 connect() 是在等，而不是失败。可见 listen(5) 限制的不是服务端能有多少个客户端，而是它忙的时候能有多少个排队："
         "accept 得快的服务端（比如 tcplab，backlog 是 1024）很少需要更多。"
     ),
@@ -136,7 +138,8 @@ def run(record: Record, backlog: int = lesson.BACKLOG) -> None:
         done = _settle(clients)
         waiting = [c for c in clients if c not in done]
         record.say(CONNECTED, tried=len(clients), done=len(done), waiting=len(waiting), wait=CONNECT_WAIT)
-        states = [kernel.stateOf(c.getsockname()[1], port) for c in clients]
+        table = {(s.localPort, s.remotePort): s.state for s in kernel.sockets(port)}
+        states = [table.get((c.getsockname()[1], port), kernel.GONE) for c in clients]
         record.say(CLIENT_STATES, states=record.join(states))
         listening = kernel.find(port, 0)
         queued = listening.rxQueue if listening is not None else -1

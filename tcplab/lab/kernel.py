@@ -82,17 +82,27 @@ def requireProc() -> None:
         raise Unavailable(NO_PROC)
 
 
-def sockets() -> list[Socket]:
+def sockets(port: int | None = None) -> list[Socket]:
     """
-    @return: every IPv4 TCP socket of this machine's network namespace on
+    @param port: only the sockets from or to this port; a machine busy with
+        tens of thousands of connections lists them in a fraction of the
+        time all of them take.
+    @return: the IPv4 TCP sockets of this machine's network namespace on
         127.0.0.1 (the lab's), as the kernel lists them now.
     @raise Unavailable: if there is no /proc/net/tcp.
     """
     try:
-        text = PROC_NET_TCP.read_text()
+        lines = PROC_NET_TCP.read_text().splitlines()[1:]
     except OSError:
         raise Unavailable(NO_PROC) from None
-    return list(_parse(text.splitlines()[1:]))
+    if port is not None:
+        # A port is written as ":HHHH " (local and remote alike).
+        mark = f":{port:04X} "
+        lines = [line for line in lines if mark in line]
+    table = list(_parse(lines))
+    if port is not None:
+        table = [s for s in table if port in (s.localPort, s.remotePort)]
+    return table
 
 
 def _parse(lines: Iterable[str]) -> Iterable[Socket]:
@@ -119,7 +129,7 @@ def find(localPort: int, remotePort: int) -> Socket | None:
     @return: the socket from C{localPort} to C{remotePort} (0 for a
         listener) on 127.0.0.1, or L{None} if the kernel lists none.
     """
-    for socket in sockets():
+    for socket in sockets(localPort):
         if socket.localPort == localPort and socket.remotePort == remotePort:
             return socket
     return None
@@ -158,7 +168,7 @@ def inState(port: int, state: str) -> tuple[list[Socket], list[Socket]]:
         (the server's side of its connections), and those that have it as
         their remote port (the clients' sides).
     """
-    table = [s for s in sockets() if s.state == state]
+    table = [s for s in sockets(port) if s.state == state]
     return [s for s in table if s.localPort == port], [s for s in table if s.remotePort == port]
 
 
