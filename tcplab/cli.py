@@ -43,6 +43,7 @@ from tcplab.client import (
     clientEndpoint,
 )
 from tcplab.framing import MessageTooLong, decoderFor, encode, stripLineEnding
+from tcplab.lab import LabOptions, runLab
 from tcplab.text import escape, plural
 
 EXIT_OK = 0
@@ -186,6 +187,7 @@ class Options(usage.Options):
     subCommands: list[tuple[str, None, type[usage.Options], str]] = [
         ("client", None, ClientOptions, "Send messages to an echo server, print the replies."),
         ("bench", None, BenchOptions, "Measure an echo server: throughput, latency, errors."),
+        ("lab", None, LabOptions, "Run the lesson's experiments live on this machine (--lang zh: 中文)."),
     ]
 
     opt_version = coerce.CommandOptions.opt_version
@@ -637,6 +639,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return runClient(options.subOptions)
     if options.subCommand == "bench":
         return runBench(options.subOptions)
+    if options.subCommand == "lab":
+        return runLab(options.subOptions)
     return EXIT_OK
 
 
