@@ -498,7 +498,7 @@ class FactoryTests(SynchronousTestCase):
         With no fault set, the plugin's listeners serve the echo factory
         itself: the code path is exactly the one without faults.
         """
-        service = buildService(parse("--udp", "0"), MemoryReactor())
+        service = buildService(parse("--udp", "0"), MemoryReactorClock())
         listeners = list(service)
         self.assertIs(listeners[0].factory, service.factory)
         self.assertIs(listeners[1].args[1], service.datagramEcho)
@@ -524,11 +524,11 @@ class FactoryTests(SynchronousTestCase):
         """
         A UDP-only fault leaves the stream listeners alone, and the reverse.
         """
-        service = buildService(parse("--udp", "0", "--udp-drop", "0.1"), MemoryReactor())
+        service = buildService(parse("--udp", "0", "--udp-drop", "0.1"), MemoryReactorClock())
         stream, udp = list(service)
         self.assertIs(stream.factory, service.factory)
         self.assertIsInstance(udp.args[1], FaultyDatagramProtocol)
-        service = buildService(parse("--udp", "0", "--chunk", "1"), MemoryReactor())
+        service = buildService(parse("--udp", "0", "--chunk", "1"), MemoryReactorClock())
         stream, udp = list(service)
         self.assertIsInstance(stream.factory, FaultyFactory)
         self.assertIs(udp.args[1], service.datagramEcho)
