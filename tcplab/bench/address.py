@@ -1,0 +1,89 @@
+"""
+Where C{tcplab bench} connects: a socket family and address, from HOST PORT
+or from a Twisted client endpoint string.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from tcplab import coerce
+from tcplab.endpoints import splitEndpoint
+
+
+@dataclass(frozen=True)
+class Address:
+    """
+    Where to connect: a socket family and a C{connect()} address.
+    """
+
+    family: int
+    sockaddr: Any
+
+    def __str__(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return str(self.sockaddr)
+        host, port = self.sockaddr[:2]
+        return f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def tcpAddress(host: str, port: int, family: int = socket.AF_UNSPEC) -> Address:
+    """
+    @return: the first TCP address that C{host} and C{port} resolve to.
+    @raise ValueError: if C{host} does not resolve.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise ValueError(f"cannot resolve {host!r}: {error.strerror or error}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return Address(family, sockaddr)
+
+
+def parseEndpoint(description: str) -> Address:
+    """
+    Parse a Twisted client endpoint string of the kinds a load generator can
+    use directly, as C{tcplab client --connect} takes them:
+    C{tcp:host=H:port=P} (or C{tcp:H:P}), C{tcp6:host=H:port=P} and
+    C{unix:path=P} (or C{unix:P}).  Colons inside a value are escaped with a
+    backslash, as in Twisted; an IPv6 host may also be written plain
+    (C{host=::1}).
+
+    @raise ValueError: with a one-line message, for any other endpoint (TLS
+        included), a field other than these, or a missing host, port or path.
+    """
+    kind, positional, named = splitEndpoint(description)
+    if kind in ("tls", "ssl"):
+        raise ValueError(f"{kind}: endpoints are not supported: bench does not do TLS; use tcp, tcp6 or unix")
+    names = _ENDPOINT_FIELDS.get(kind)
+    if names is None:
+        raise ValueError(f"cannot benchmark over {kind!r} endpoints: use tcp, tcp6 or unix")
+    values = _endpointValues(description, positional, named, names)
+    if kind == "unix":
+        if not values.get("path"):
+            raise ValueError(f"endpoint {description!r} needs a path")
+        return Address(socket.AF_UNIX, values["path"])
+    if not values.get("host") or not values.get("port"):
+        raise ValueError(f"endpoint {description!r} needs a host and a port")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_UNSPEC
+    return tcpAddress(values["host"], coerce.remotePort(values["port"]), family)
+
+
+#: The fields of each endpoint type, in the order of its short form.
+_ENDPOINT_FIELDS = {"tcp": ("host", "port"), "tcp6": ("host", "port"), "unix": ("path",)}
+
+
+def _endpointValues(description: str, positional: list[str], named: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    # Named fields first, then the positional ones fill the names still
+    # missing, in order (as Twisted reads tcp:host=H:P).
+    for name in named:
+        if name not in names:
+            raise ValueError(f"endpoint {description!r}: {name}= is not supported (only {'= '.join(names)}=)")
+    values = dict(named)
+    missing = [name for name in names if name not in values]
+    if len(positional) > len(missing):
+        raise ValueError(f"endpoint {description!r} has too many fields")
+    values.update(zip(missing, positional, strict=False))
+    return values
