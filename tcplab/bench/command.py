@@ -30,7 +30,9 @@ def runBench(options: BenchOptions, out: IO[str] | None = None, err: IO[str] | N
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    plan = LoadPlan(options["framing"], options["size"], options["suffix"], options["pipeline"])
+    plan = LoadPlan(
+        options["framing"], options["size"], options["suffix"], options["pipeline"], options["reconnect"]
+    )
     duration, requests = options["duration"], options["requests"]
     bar = ProgressBar(
         err,
@@ -53,7 +55,7 @@ def runBench(options: BenchOptions, out: IO[str] | None = None, err: IO[str] | N
     except OSError as error:
         print(f"tcplab bench: {error.strerror or error}", file=err)
         return EXIT_FAILURE
-    if result.connections and result.failedConnections == result.connections and not result.messages:
+    if result.connections and not result.connectionsMade:
         print(f"tcplab bench: {result.failures[0]}", file=err)
         return EXIT_FAILURE
     summary = result.summary(plan)

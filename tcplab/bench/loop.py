@@ -12,21 +12,31 @@ L{_readSplittable}).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import select
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from tcplab.bench.address import Address
 from tcplab.bench.plan import MAX_SEND, RECV_SIZE, LoadPlan
 from tcplab.bench.result import BenchResult
 
+#: The last message of a connection that is never closed to make way for another.
+_FOREVER = 1 << 62
+
 
 class _Connection:
     """
     One connection's place in the request and reply streams.
+
+    Counts are in messages and offsets in bytes, both from the start of the
+    streams: a connection that starts further in (with C{--reconnect}) starts
+    with them at its first message.
     """
 
     __slots__ = (
@@ -41,49 +51,73 @@ class _Connection:
         "expected",
         "cut",
         "split",
+        "last",
+        "connecting",
     )
 
-    def __init__(self, sock: socket.socket, expected: bytes) -> None:
+    def __init__(
+        self, sock: socket.socket, plan: LoadPlan, first: int = 0, connecting: float | None = None
+    ) -> None:
         self.sock = sock
-        self.assigned = 0  # messages this connection may send
-        self.sent = 0  # request bytes sent
-        self.received = 0  # offset in the reply stream: bytes read, less the suffixes of cuts
-        self.attributed = 0  # answered messages whose latency is recorded
+        self.assigned = first  # messages this connection may send
+        self.sent = first * plan.requestLength  # request bytes sent
+        # Offset in the reply stream: bytes read, less the suffixes of cuts.
+        self.received = first * plan.replyLength
+        self.attributed = first  # answered messages whose latency is recorded
         self.sends: deque[tuple[int, float]] = deque()  # (messages sent, time)
-        self.lastWrong = -1  # index of the last reply counted as wrong
+        self.lastWrong = first - 1  # index of the last reply counted as wrong
         self.writing = False  # waiting for the socket to take more
         # What reads are checked against: the reply stream, or nothing (every
         # read takes the slow path) while a split reply is read.
-        self.expected = expected
+        self.expected = plan.expected
         self.cut = 0  # bytes read of a cut's suffix (len(suffix): just after one)
         self.split = False  # the reply being read came back split
+        # The message after the last one this connection sends (--reconnect).
+        self.last = _FOREVER if plan.reconnect is None else first + plan.reconnect
+        # When its connect() was called, until it is known to be made.
+        self.connecting = connecting
 
 
-def connectAll(address: Address, count: int, timeout: float) -> tuple[list[socket.socket], list[str]]:
+class Connected(NamedTuple):
+    """
+    What L{connectAll} made.
+    """
+
+    sockets: list[socket.socket]
+    """The connected non-blocking sockets."""
+    failures: list[str]
+    """Why, for each connection that could not be made."""
+    latencies: dict[int, int]
+    """How long each connection took to be made: microseconds to count."""
+
+
+def connectAll(
+    address: Address, count: int, timeout: float, clock: Callable[[], float] = time.perf_counter
+) -> Connected:
     """
     Open C{count} connections to C{address}, one after the other, within
     C{timeout} seconds in all.
-
-    @return: the connected non-blocking sockets, and one message per
-        connection that could not be made.
     """
-    sockets, failures = [], []
+    sockets, failures, latencies = [], [], {}
     deadline = time.monotonic() + timeout
     for _ in range(count):
         sock = socket.socket(address.family, socket.SOCK_STREAM)
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            began = clock()
             sock.connect(address.sockaddr)
+            micros = int((clock() - began) * 1e6)
         except OSError as error:
             sock.close()
             reason = "timed out" if isinstance(error, TimeoutError) else error.strerror
             failures.append(f"cannot connect to {address}: {reason or error}")
             continue
+        latencies[micros] = latencies.get(micros, 0) + 1
         if address.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         sockets.append(sock)
-    return sockets, failures
+    return Connected(sockets, failures, latencies)
 
 
 def runLoad(
@@ -95,19 +129,28 @@ def runLoad(
     progress: Callable[[int], None] | None = None,
     spin: bool = False,
     clock: Callable[[], float] = time.perf_counter,
+    address: Address | None = None,
 ) -> BenchResult:
     """
     Run the load over connected non-blocking C{sockets} until C{duration}
     seconds have passed or C{requests} messages are answered, then wait for
     the replies still in flight and close every socket.
 
+    With C{plan.reconnect}, a connection is closed once its last message is
+    answered, and a new one to C{address} takes its place; so is one that
+    the server closed or lost (but not one that could not be made).
+
     @param progress: called about ten times a second with the number of
         messages answered so far.
     @param timeout: stop waiting after this many seconds without any reply.
     @param spin: poll without ever sleeping (uses a whole CPU).
-    @return: what was measured; C{connections} and C{failedConnections}
-        count only these sockets.
+    @return: what was measured; C{connections} counts only these sockets,
+        C{connectionsMade} only those opened in their place.
+    @raise ValueError: with C{plan.reconnect} but no C{address}.
     """
+    reconnect = plan.reconnect
+    if reconnect is not None and address is None:
+        raise ValueError("reconnecting needs the address to connect to")
     poller = select.epoll() if hasattr(select, "epoll") else select.poll()
     pollScale = 1.0 if hasattr(select, "epoll") else 1000.0
     readable = select.EPOLLIN if hasattr(select, "epoll") else select.POLLIN
@@ -116,7 +159,7 @@ def runLoad(
         (select.EPOLLHUP | select.EPOLLERR) if hasattr(select, "epoll") else select.POLLHUP | select.POLLERR
     )
     result = BenchResult(connections=len(sockets))
-    connections = {sock.fileno(): _Connection(sock, plan.expected) for sock in sockets}
+    connections = {sock.fileno(): _Connection(sock, plan) for sock in sockets}
     for fd in connections:
         poller.register(fd, readable)
 
@@ -130,13 +173,20 @@ def runLoad(
     remaining = requests if requests is not None else -1  # -1: no limit
     answered = 0
     stopping = False
+    # --reconnect: connections opened so far (the next starts at that message
+    # of the period), and connections closed whose replacement is not open yet.
+    opened, toOpen = len(sockets), 0
 
     def fill(conn: _Connection, now: float) -> None:
-        # Top the connection up to `pipeline` unanswered messages: one send
-        # call for all of them, from the prebuilt request stream.
+        # Top the connection up to `pipeline` unanswered messages (and no
+        # further than its last): one send call for all of them, from the
+        # prebuilt request stream.
         nonlocal remaining
         if not stopping:
-            want = conn.received // replyLength + pipeline - conn.assigned
+            want = conn.received // replyLength + pipeline
+            if want > conn.last:
+                want = conn.last
+            want -= conn.assigned
             if want > 0:
                 if remaining >= 0:
                     want = min(want, remaining)
@@ -148,7 +198,8 @@ def runLoad(
             length = min(target - conn.sent, MAX_SEND)
             try:
                 count = conn.sock.send(sendView[start : start + length])
-            except BlockingIOError:
+            except OSError:
+                # Full (or not connected yet); an error shows when reading.
                 count = 0
             conn.sent += count
             if count:
@@ -162,15 +213,66 @@ def runLoad(
             conn.writing = False
             poller.modify(conn.sock.fileno(), readable)
 
-    def close(fd: int, conn: _Connection, failure: str | None) -> None:
-        poller.unregister(fd)
+    def made(conn: _Connection, now: float) -> None:
+        micros = int((now - conn.connecting) * 1e6)  # type: ignore[operator]
+        result.connectLatencies[micros] = result.connectLatencies.get(micros, 0) + 1
+        result.connectionsMade += 1
+        conn.connecting = None
+
+    def connect() -> bool:
+        # Open a connection in the place of one that closed.  False if it
+        # must wait: a UNIX listener's queue is full.
+        nonlocal opened
+        assert address is not None
+        sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        if address.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        began = clock()
+        error = sock.connect_ex(address.sockaddr)
+        now = clock()
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            if error == errno.EAGAIN:
+                return False
+            result.fail(f"cannot connect to {address}: {os.strerror(error)}")
+            return True
+        conn = _Connection(sock, plan, opened % plan.period, began)
+        opened += 1
+        fd = sock.fileno()
+        connections[fd] = conn
+        poller.register(fd, readable)
+        # Over loopback the connection is usually made by the time connect()
+        # returns: send at once, and wait for it only if the send cannot go.
+        sent = conn.sent
+        fill(conn, now)
+        if conn.sent > sent:
+            made(conn, now)
+        return True
+
+    def close(fd: int, conn: _Connection, error: str | None) -> None:
+        # The connection was closed by the server (error None) or lost.
+        # (Closing a socket also takes it out of the poller.)
+        nonlocal toOpen
         conn.sock.close()
         del connections[fd]
         outstanding = conn.assigned - conn.received // replyLength
-        if failure is not None or outstanding > 0:
-            result.failedConnections += 1
-            result.failures.append(failure or "the server closed a connection early")
-            result.unanswered += max(0, outstanding)
+        result.unanswered += max(0, outstanding)
+        if conn.connecting is not None:
+            result.fail(f"cannot connect to {address}: {error or 'closed by the server'}")
+            return
+        if error is not None:
+            result.fail(f"connection lost: {error}")
+        elif outstanding > 0:
+            result.fail("the server closed a connection early")
+        if reconnect is not None:
+            toOpen += 1
+
+    def finish(fd: int, conn: _Connection) -> None:
+        # Its last message is answered: close it, and let another take its place.
+        nonlocal toOpen
+        conn.sock.close()
+        del connections[fd]
+        toOpen += 1
 
     start = clock()
     for conn in connections.values():
@@ -180,7 +282,7 @@ def runLoad(
     # Spinning: never sleep in poll, so a reply is seen the moment it lands.
     wait = 0 if spin else 0.1 * pollScale
     try:
-        while connections:
+        while connections or toOpen:
             now = clock()
             if now >= nextTick:
                 nextTick = now + 0.1
@@ -195,6 +297,8 @@ def runLoad(
                 # Done once every assigned message is answered.
                 if all(c.received >= c.assigned * replyLength for c in connections.values()):
                     break
+            while toOpen and not stopping and remaining != 0 and connect():
+                toOpen -= 1
             events = poller.poll(wait)
             now = clock()
             for fd, mask in events:
@@ -202,6 +306,8 @@ def runLoad(
                 if conn is None:
                     continue
                 if mask & writable and not mask & closedMask:
+                    if conn.connecting is not None:
+                        made(conn, now)
                     fill(conn, now)
                 if not mask & (readable | closedMask):
                     continue
@@ -210,7 +316,7 @@ def runLoad(
                 except BlockingIOError:
                     continue
                 except OSError as error:
-                    close(fd, conn, f"connection lost: {error.strerror or error}")
+                    close(fd, conn, error.strerror or str(error))
                     continue
                 if not got:
                     close(fd, conn, None)
@@ -229,18 +335,21 @@ def runLoad(
                     lastReply = now
                     answered += done - before
                     _recordLatency(conn, done, now, latencies)
+                    if done >= conn.last:
+                        finish(fd, conn)
+                        continue
                 fill(conn, now)
     except KeyboardInterrupt:
         result.failures.append("interrupted")
     end = clock()
 
-    for fd, conn in list(connections.items()):
+    for conn in connections.values():
         outstanding = conn.assigned - conn.received // replyLength
-        if outstanding > 0:
-            result.unanswered += outstanding
-            result.failedConnections += 1
-            result.failures.append(f"no reply for {timeout:g} s")
-        poller.unregister(fd)
+        if conn.connecting is not None:
+            result.fail(f"cannot connect to {address}: timed out")
+        elif outstanding > 0:
+            result.fail(f"no reply for {timeout:g} s")
+        result.unanswered += max(0, outstanding)
         conn.sock.close()
     poller.close()
     if progress is not None:

@@ -27,7 +27,9 @@ class BenchOptions(coerce.CommandOptions):
         "and print messages/s, MB/s, latency percentiles and errors. The server "
         "must echo each message followed by --suffix (tcplab's own framings). "
         "In raw framing the server suffixes each read: a message it reads in "
-        "pieces comes back split, which is counted apart."
+        "pieces comes back split, which is counted apart. With --reconnect N, "
+        "each connection is closed after N messages and a new one takes its "
+        "place: the connection rate and connect latency are measured too."
     )
     optFlags = [
         ["json", None, "Print one JSON object instead of the summary."],
@@ -54,6 +56,14 @@ class BenchOptions(coerce.CommandOptions):
         ["duration", "d", None, "Run this many seconds [default: 5].", coerce.seconds],
         ["requests", "n", None, "Send this many messages in all, then stop.", coerce.positive],
         ["pipeline", "k", 1, "Messages in flight on each connection.", coerce.positive],
+        [
+            "reconnect",
+            None,
+            None,
+            "Close each connection after this many messages and open a new one "
+            "in its place (1: one message per connection).",
+            coerce.positive,
+        ],
         [
             "framing",
             "f",

@@ -29,7 +29,11 @@ class LoadPlan:
 
     Messages are C{size} bytes of printable text, distinct within a period of
     C{period} messages, so that a reply out of order is noticed.  The request
-    stream is that period repeated forever; so is the reply stream.
+    stream is that period repeated forever; so is the reply stream.  Each
+    connection starts at the beginning of both, except with C{reconnect},
+    where each new connection starts one message further into the period
+    than the one before, so that the connections open at once send
+    different messages and a reply sent to the wrong connection is noticed.
 
     @ivar requestLength: bytes of one framed request.
     @ivar replyLength: bytes of one framed reply.
@@ -37,17 +41,22 @@ class LoadPlan:
         L{MAX_SEND} bytes can start anywhere in the first period.
     @ivar expected: the reply stream, long enough that a read of up to
         L{RECV_SIZE} bytes can start anywhere in the first period.
+    @ivar reconnect: messages each connection sends before it is closed and
+        a new one takes its place; L{None} to keep every connection open.
     @ivar splittable: whether a reply may come back split: in raw framing
         the server suffixes each read, so a message it reads in pieces is
         answered piece + suffix, piece + suffix.  The messages then never
         hold the suffix's first byte, so that a cut is always recognised.
     """
 
-    def __init__(self, framing: str, size: int, suffix: bytes = b"", pipeline: int = 1) -> None:
+    def __init__(
+        self, framing: str, size: int, suffix: bytes = b"", pipeline: int = 1, reconnect: int | None = None
+    ) -> None:
         self.framing = framing
         self.size = size
         self.suffix = suffix
         self.pipeline = pipeline
+        self.reconnect = reconnect
         self.period = max(1, min(max(pipeline, MIN_PERIOD), MAX_PERIOD_BYTES // size))
         self.splittable = framing == "raw" and bool(suffix)
         payloads = [_payload(index, size) for index in range(self.period)]

@@ -20,18 +20,21 @@ def formatSummary(summary: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f} ms"
 
-    latency = summary["latencyMs"]
+    def percentiles(latency: dict[str, float | None]) -> str:
+        return f"p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  p99 {ms(latency['p99'])}  max {ms(latency['max'])}"
+
+    reconnect = summary["reconnect"]
     return "\n".join(
         [
             f"load          {plural(summary['connections'], 'connection')} x {summary['pipeline']:,} "
             f"in flight, {summary['size']:,}-byte {summary['framing']} messages"
-            + (f", suffix {summary['suffix']!r}" if summary["suffix"] else ""),
+            + (f", suffix {summary['suffix']!r}" if summary["suffix"] else "")
+            + (f", each connection closed after {plural(reconnect, 'message')}" if reconnect else ""),
             f"messages      {summary['messages']:,} in {summary['seconds']:.2f} s",
             f"throughput    {summary['messagesPerSecond']:,.0f} messages/s, "
             f"{summary['megabytesPerSecond']:,.2f} MB/s"
             + (" (counted from bytes: with wrong replies, not meaningful)" if summary["errors"] else ""),
-            f"latency       p50 {ms(latency['p50'])}  p90 {ms(latency['p90'])}  "
-            f"p99 {ms(latency['p99'])}  max {ms(latency['max'])}",
+            f"latency       {percentiles(summary['latencyMs'])}",
             f"errors        {plural(summary['errors'], 'wrong reply', 'wrong replies')}, "
             + (
                 f"{plural(summary['split'], 'split reply', 'split replies')}, "
@@ -39,7 +42,10 @@ def formatSummary(summary: dict[str, Any]) -> str:
                 else ""
             )
             + f"{summary['unanswered']:,} unanswered",
-            f"connections   {summary['failedConnections']:,} failed",
+            f"connections   {summary['connectionsMade']:,} made"
+            + (f" ({summary['connectionsPerSecond']:,.0f}/s)" if reconnect else "")
+            + f", {summary['failedConnections']:,} failed",
+            f"connect       {percentiles(summary['connectLatencyMs'])}",
         ]
     )
 

@@ -12,7 +12,31 @@ from typing import Any
 from tcplab.bench.address import Address
 from tcplab.bench.loop import connectAll, runLoad
 from tcplab.bench.plan import LoadPlan
-from tcplab.bench.result import BenchResult
+from tcplab.bench.result import MAX_FAILURES, BenchResult, addHistogram
+
+
+def _run(
+    address: Address,
+    plan: LoadPlan,
+    connections: int,
+    duration: float | None,
+    requests: int | None,
+    timeout: float,
+    spin: bool,
+    progress: Callable[[int], None] | None = None,
+    ready: Callable[[], object] | None = None,
+) -> BenchResult:
+    # Connect, wait until every process is ready (if there are several), run.
+    connected = connectAll(address, connections, timeout)
+    if ready is not None:
+        ready()
+    result = runLoad(connected.sockets, plan, duration, requests, timeout, progress, spin, address=address)
+    result.connections += len(connected.failures)
+    result.connectionsMade += len(connected.sockets)
+    addHistogram(result.connectLatencies, connected.latencies)
+    result.failedConnections += len(connected.failures)
+    result.failures = (connected.failures + result.failures)[:MAX_FAILURES]
+    return result
 
 
 def _worker(
@@ -27,19 +51,12 @@ def _worker(
     answered: Any,
     results: Any,
 ) -> None:
-    # One load-generating process of --processes: connect, wait for the
-    # others, run, and send the result back.
-    sockets, failures = connectAll(address, connections, timeout)
-    barrier.wait()
+    # One load-generating process of --processes: it sends its result back.
 
     def progress(count: int) -> None:
         answered.value = count
 
-    result = runLoad(sockets, plan, duration, requests, timeout, progress, spin)
-    result.connections += len(failures)
-    result.failedConnections += len(failures)
-    result.failures[:0] = failures
-    results.put(result)
+    results.put(_run(address, plan, connections, duration, requests, timeout, spin, progress, barrier.wait))
 
 
 def measure(
@@ -58,12 +75,7 @@ def measure(
     over C{processes} processes (connections and requests shared out).
     """
     if processes == 1:
-        sockets, failures = connectAll(address, connections, timeout)
-        result = runLoad(sockets, plan, duration, requests, timeout, progress, spin)
-        result.connections += len(failures)
-        result.failedConnections += len(failures)
-        result.failures[:0] = failures
-        return result
+        return _run(address, plan, connections, duration, requests, timeout, spin, progress)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()
