@@ -69,6 +69,8 @@ class EchoProtocol(Protocol):
     @ivar logMessages: log every message received (escaped and cut to
         C{logMessageBytes} bytes, at most C{logMessagesPerSecond} a second;
         see L{_MessageLog}).
+    @ivar logConnections: log every connection made and lost; a refused
+        one is logged either way.
     @ivar clock: for the timers of closing and draining; none if L{None}.
     @ivar closeTimeout: seconds a closing connection gets to deliver its
         last replies (and its peer to close) before it is aborted.
@@ -93,10 +95,12 @@ class EchoProtocol(Protocol):
         clock: IReactorTime | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         logMessagesPerSecond: int = defaults.LOG_MESSAGES_PER_SECOND,
+        logConnections: bool = False,
     ) -> None:
         self.suffix = suffix
         self.maxLength = maxLength
         self.logMessages = logMessages
+        self.logConnections = logConnections
         self.logMessagesPerSecond = logMessagesPerSecond
         self.clock = clock
         self.closeTimeout = closeTimeout
@@ -140,7 +144,8 @@ class EchoProtocol(Protocol):
             # Nothing but the notice is in flight: a moment to read it is enough.
             self._closeWith(self._refusal, self.refuseTimeout)
             return
-        self._log.info("connection from {peer}", peer=self.peer)
+        if self.logConnections:
+            self._log.info("connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -309,7 +314,7 @@ class EchoProtocol(Protocol):
         self._stopTimer()
         if self._messageLog is not None:
             self._messageLog.flush()
-        if self._refusal is None:
+        if self.logConnections and self._refusal is None:
             self._log.info(
                 "{peer} disconnected: {reason}", peer=self.peer, reason=reason.getErrorMessage()
             )
@@ -648,6 +653,7 @@ class EchoServerFactory(Factory):
         maxServed: int | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         reactor: IReactorTime | None = None,
+        logConnections: bool = False,
     ) -> None:
         """
         @param framing: C{"raw"}, C{"line"} or C{"length"}.
@@ -659,6 +665,11 @@ class EchoServerFactory(Factory):
         @param logMessagesPerSecond: with C{logMessages}, messages logged a
             second at most per connection; each second over the budget ends
             in one line saying how many more were not logged.
+        @param logConnections: log every connection made ("connection from
+            PEER") and lost ("PEER disconnected: REASON").  Off by default:
+            two log events cost more than the rest of a short connection's
+            life.  Refused connections, errors and idle closes are logged
+            either way, and L{stats} counts every connection.
         @param idleTimeout: seconds without traffic after which a connection
             is closed; 0 for never.
         @param maxConnections: connections open at once; a connection beyond
@@ -695,6 +706,7 @@ class EchoServerFactory(Factory):
         if logMessagesPerSecond < 0:
             raise ValueError("logMessagesPerSecond must not be negative")
         self.logMessagesPerSecond = logMessagesPerSecond
+        self.logConnections = logConnections
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
@@ -740,6 +752,7 @@ class EchoServerFactory(Factory):
             clock=self._reactor,
             closeTimeout=self.closeTimeout,
             logMessagesPerSecond=self.logMessagesPerSecond,
+            logConnections=self.logConnections,
         )
         protocol.factory = self
         return protocol

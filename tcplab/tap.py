@@ -50,6 +50,11 @@ class Options(coerce.CommandOptions):
             f"{defaults.LOG_MESSAGE_BYTES} bytes, at most {defaults.LOG_MESSAGES_PER_SECOND} "
             "a second per connection.",
         ],
+        [
+            "log-connections",
+            None,
+            "Log every connection made and lost (refusals, errors and the stop summary are always logged).",
+        ],
     ]
     optParameters = [
         ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],
@@ -407,6 +412,7 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         suffix=config["suffix"],
         maxLength=config["max-length"],
         logMessages=bool(config["log-messages"]),
+        logConnections=bool(config["log-connections"]),
         idleTimeout=config["idle-timeout"],
         maxConnections=config["max-connections"],
         maxPerPeer=config["max-per-peer"],

@@ -155,12 +155,25 @@ class CommandLineTests(SynchronousTestCase):
         becomes C{你好SB}), logs the message, and exits 0 after that one
         connection.
         """
-        server = ServerProcess("--suffix", "SB", "--once", "--log-messages")
+        server = ServerProcess("--suffix", "SB", "--once", "--log-messages", "--log-connections")
         assertLessonOnce(self, server)
         output = "".join(server.output)
         self.assertIn("connection from 127.0.0.1:", output)
         self.assertIn("message from 127.0.0.1:", output)
         self.assertIn("你好", output)
+        self.assertRegex(output, r"127\.0\.0\.1:\d+ disconnected")
+
+    def test_connectionsNotLoggedByDefault(self) -> None:
+        """
+        Without C{--log-connections} no line is logged per connection, and
+        the stop summary still counts the connection served.
+        """
+        server = ServerProcess("--suffix", "SB", "--once")
+        assertLessonOnce(self, server)
+        output = "".join(server.output)
+        self.assertNotIn("connection from", output)
+        self.assertNotIn("disconnected", output)
+        self.assertIn("tcplab stopped: served 1 connection (0 refused, 0 open)", output)
 
     def test_twistd(self) -> None:
         """

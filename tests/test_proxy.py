@@ -69,7 +69,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         address: the log and the per-peer count use it, not the proxy's.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, logConnections=True)
         with capturedLogs() as events:
             protocol, transport = connect(factory, clock)
             protocol.dataReceived(v1("192.0.2.7", 4242) + b"hello")
@@ -177,7 +177,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         characters in them reach no log line unescaped.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, logConnections=True)
         with capturedLogs() as events:
             protocol, _ = connect(factory, clock)
             protocol.dataReceived(b"PROXY TCP4 1.2.3.4\x1b]0;owned\x07 127.0.0.1 1 2\r\n")
@@ -221,7 +221,7 @@ class ProxyListenerTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.server = ServerProcess("--framing", "line", "--max-per-peer", "1",
+        self.server = ServerProcess("--framing", "line", "--max-per-peer", "1", "--log-connections",
                                     listen="haproxy:tcp:0:interface=127.0.0.1")
         self.addCleanup(self.server.stop)
 

@@ -11,7 +11,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -282,12 +282,44 @@ class ConnectionTests(SynchronousTestCase):
 
     def test_logsConnectAndDisconnect(self) -> None:
         """
-        Connects and disconnects are logged with the peer's address.
+        With C{logConnections}, connects and disconnects are logged with the
+        peer's address.
         """
         with capturedLogs() as events:
-            protocol, transport = connect(serverFactory())
+            protocol, transport = connect(serverFactory(logConnections=True))
             protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([e.get("peer") for e in events if "peer" in e], ["127.0.0.1:40000"] * 2)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["connection from 127.0.0.1:40000", "127.0.0.1:40000 disconnected: Connection was closed cleanly."],
+        )
+
+    def test_connectionsNotLoggedByDefault(self) -> None:
+        """
+        By default a connection served logs nothing, but it is counted.
+        """
+        factory = serverFactory()
+        with capturedLogs() as events:
+            protocol, transport = connect(factory)
+            protocol.dataReceived(b"hello")
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(events, [])
+        self.assertEqual(factory.stats(), (1, 0, 0, 5, 5))
+
+    def test_refusalsLoggedByDefault(self) -> None:
+        """
+        A connection refused by a limit is logged even when connections are
+        not, and counted as refused.
+        """
+        factory = serverFactory(framing="line", maxConnections=1)
+        first, _ = connect(factory)
+        with capturedLogs() as events:
+            connect(factory)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["refused 127.0.0.1:40000: server busy (1 connections); try again later"],
+        )
+        self.assertEqual((factory.served, factory.refused), (1, 1))
 
     def test_logMessages(self) -> None:
         """
