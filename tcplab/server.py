@@ -87,6 +87,25 @@ class EchoProtocol(Protocol):
     # Made by the first message logged (see _getMessageLog).
     _messageLog: _MessageLog | None = None
 
+    # The state of a new connection, until it changes: a connection set up
+    # and torn down in a millisecond assigns only what it uses.
+    bytesIn = 0
+    bytesOut = 0
+    _direct = False
+    _closing = False
+    _draining = False
+    _paused = False
+    _timer: IDelayedCall | None = None
+    _refusal: str | None = None
+    # Times the transport resumed reading: its write buffer drained, so
+    # replies are flowing out even when nothing comes in.
+    _resumes = 0
+    # What the idle check saw last (bytes in plus resumes), and when it changed.
+    _seenActivity = 0
+    _activeAt = 0.0
+    # What the drain check saw last of bytesIn.
+    _seenBytesIn = 0
+
     def __init__(
         self,
         suffix: bytes = b"",
@@ -104,23 +123,7 @@ class EchoProtocol(Protocol):
         self.logMessagesPerSecond = logMessagesPerSecond
         self.clock = clock
         self.closeTimeout = closeTimeout
-        self.bytesIn = 0
-        self.bytesOut = 0
         self._decoder = decoderFor(self.framing, maxLength)
-        self._direct = False
-        self._closing = False
-        self._draining = False
-        self._paused = False
-        self._timer: IDelayedCall | None = None
-        self._refusal: str | None = None
-        # Times the transport resumed reading: its write buffer drained, so
-        # replies are flowing out even when nothing comes in.
-        self._resumes = 0
-        # What the idle check saw last (bytes in plus resumes), and when it changed.
-        self._seenActivity = 0
-        self._activeAt = 0.0
-        # What the drain check saw last of bytesIn.
-        self._seenBytesIn = 0
 
     @property
     def peer(self) -> str:
@@ -210,9 +213,10 @@ class EchoProtocol(Protocol):
         The peer shut down its write side: answer what is still pending, let
         the transport flush every reply, then close.
         """
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         if self._closing:
-            self.transport.loseConnection()
+            transport.loseConnection()
             return
         messages, dropped = self._decoder.finish()
         self._answer(messages)
@@ -224,8 +228,16 @@ class EchoProtocol(Protocol):
                 dropped=dropped,
             )
         self._closing = True
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        transport.unregisterProducer()
+        if self._direct and not (transport.dataBuffer or transport._tempDataLen):
+            # Every reply is with the kernel already, which delivers it
+            # before the FIN: close now, in this reactor turn, as Twisted
+            # closes a connection whose protocol does not half-close
+            # (IFileDescriptor.connectionLost).  loseConnection() would wait
+            # a turn for writability, and a lingering peer for the timer.
+            transport.connectionLost(connectionDone)
+            return
+        transport.loseConnection()
         self._abortLater()
 
     def writeConnectionLost(self) -> None:
@@ -718,8 +730,9 @@ class EchoServerFactory(Factory):
         self.refused = 0
         self._perPeer: Counter[str] = Counter()
         # The peer host of each connection that holds a slot (open and not
-        # closing), as counted when it was admitted.
-        self._hosts: dict[EchoProtocol, str] = {}
+        # closing), as counted when it was admitted; None when no per-peer
+        # limit is set (no count is kept then).
+        self._hosts: dict[EchoProtocol, str | None] = {}
         self._closedBytesIn = 0
         self._closedBytesOut = 0
         self._servedWaiters: list[Deferred[None]] = []
@@ -787,7 +800,7 @@ class EchoServerFactory(Factory):
         @return: L{None} if the connection is served, else why it is refused.
         """
         assert protocol.transport is not None
-        host = _hostOf(protocol.transport.getPeer())
+        host = _hostOf(protocol.transport.getPeer()) if self.maxPerPeer else None
         reason = self._refusal(host)
         if reason is not None:
             self.refused += 1
@@ -795,7 +808,8 @@ class EchoServerFactory(Factory):
         self.served += 1
         self.connections.add(protocol)
         self._hosts[protocol] = host
-        self._perPeer[host] += 1
+        if host is not None:
+            self._perPeer[host] += 1
         return None
 
     def release(self, protocol: EchoProtocol) -> None:
@@ -902,12 +916,12 @@ class EchoServerFactory(Factory):
         for protocol in list(self.connections):
             protocol.abort()
 
-    def _refusal(self, host: str) -> str | None:
+    def _refusal(self, host: str | None) -> str | None:
         if self.maxServed is not None and self.served >= self.maxServed:
             return f"already served {plural(self.served, 'connection')}"
         if self.maxConnections and len(self._hosts) >= self.maxConnections:
             return f"server busy ({self.maxConnections} connections); try again later"
-        if self.maxPerPeer and self._perPeer.get(host, 0) >= self.maxPerPeer:
+        if host is not None and self._perPeer.get(host, 0) >= self.maxPerPeer:
             return f"too many connections from your address (limit {self.maxPerPeer})"
         return None
 

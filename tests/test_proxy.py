@@ -69,7 +69,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         address: the log and the per-peer count use it, not the proxy's.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock, logConnections=True)
+        factory = EchoServerFactory(reactor=clock, logConnections=True, maxPerPeer=10)
         with capturedLogs() as events:
             protocol, transport = connect(factory, clock)
             protocol.dataReceived(v1("192.0.2.7", 4242) + b"hello")
@@ -83,7 +83,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         16 bytes, which Twisted's own wrapper gives up on) works as well.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, maxPerPeer=10)
         protocol, transport = connect(factory, clock)
         for byte in v2("198.51.100.9", 5151) + b"hi":
             protocol.dataReceived(bytes([byte]))
