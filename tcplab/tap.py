@@ -53,7 +53,9 @@ class Options(coerce.CommandOptions):
         [
             "log-connections",
             None,
-            "Log every connection made and lost (refusals, errors and the stop summary are always logged).",
+            "Log every connection served, in one line when it closes: how long it lasted, "
+            "the bytes in and out, and why it closed (refusals, errors and the stop "
+            "summary are always logged).",
         ],
     ]
     optParameters = [

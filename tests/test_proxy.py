@@ -10,6 +10,7 @@ import struct
 import subprocess
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -73,9 +74,10 @@ class ProxyHeaderTests(SynchronousTestCase):
         with capturedLogs() as events:
             protocol, transport = connect(factory, clock)
             protocol.dataReceived(v1("192.0.2.7", 4242) + b"hello")
+            self.assertEqual(factory._perPeer, {"192.0.2.7": 1})
+            protocol.connectionLost(connectionDone)
         self.assertEqual(transport.value(), b"hello")
-        self.assertIn("connection from 192.0.2.7:4242", messages(events))
-        self.assertEqual(factory._perPeer, {"192.0.2.7": 1})
+        self.assertIn("192.0.2.7:4242 disconnected after 0.0 ms, 5 B in, 5 B out: Connection was closed cleanly.", messages(events))
 
     def test_v2ClientAddress(self) -> None:
         """
@@ -181,8 +183,9 @@ class ProxyHeaderTests(SynchronousTestCase):
         with capturedLogs() as events:
             protocol, _ = connect(factory, clock)
             protocol.dataReceived(b"PROXY TCP4 1.2.3.4\x1b]0;owned\x07 127.0.0.1 1 2\r\n")
+            protocol.connectionLost(connectionDone)
         logged = messages(events)
-        self.assertIn("connection from 1.2.3.4\\x1b]0;owned\\x07:1", logged)
+        self.assertTrue(any(line.startswith("1.2.3.4\\x1b]0;owned\\x07:1 disconnected") for line in logged), logged)
         self.assertFalse(any("\x1b" in line for line in logged))
 
     def test_headerTimeout(self) -> None:
@@ -245,8 +248,6 @@ class ProxyListenerTests(SynchronousTestCase):
         self.server.waitForLog("192.0.2.11:2222 disconnected")
         self.server.waitForLog("192.0.2.10:1111 disconnected")
         log = self.server.log()
-        self.assertIn("connection from 192.0.2.10:1111", log)
-        self.assertIn("connection from 192.0.2.11:2222", log)
         self.assertIn("refused 192.0.2.10:1112: too many connections", log)
         self.assertIn("(TCP over IPv4, PROXY protocol; line framing)", log)
         self.assertNotRegex(log, r"connection from 127\.0\.0\.1")

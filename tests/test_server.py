@@ -280,18 +280,26 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual([e["dropped"] for e in events if "dropped" in e], [5])
 
-    def test_logsConnectAndDisconnect(self) -> None:
+    def test_logsConnection(self) -> None:
         """
-        With C{logConnections}, connects and disconnects are logged with the
-        peer's address.
+        With C{logConnections}, each connection is logged in one line when it
+        closes: the peer's address, how long it lasted, the bytes in and
+        out and why it closed, each also a field of the event.
         """
+        factory = serverFactory(logConnections=True)
         with capturedLogs() as events:
-            protocol, transport = connect(serverFactory(logConnections=True))
+            protocol, transport = connect(factory)
+            protocol.dataReceived(b"x" * 1500)
+            factory.reactor.advance(1.25)
             protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual([e.get("peer") for e in events if "peer" in e], ["127.0.0.1:40000"] * 2)
+        [event] = events
         self.assertEqual(
-            [formatEvent(e) for e in events],
-            ["connection from 127.0.0.1:40000", "127.0.0.1:40000 disconnected: Connection was closed cleanly."],
+            formatEvent(event),
+            "127.0.0.1:40000 disconnected after 1,250.0 ms, 1,500 B in, 1,500 B out: Connection was closed cleanly.",
+        )
+        self.assertEqual(
+            (event["peer"], event["milliseconds"], event["bytesIn"], event["bytesOut"]),
+            ("127.0.0.1:40000", 1250.0, 1500, 1500),
         )
 
     def test_connectionsNotLoggedByDefault(self) -> None:
