@@ -494,6 +494,26 @@ class ReconnectTests(ServerTestCase):
         self.assertEqual(factory.served, 21)
         self.assertIsNotNone(summary["connectLatencyMs"]["p99"])
 
+    async def test_sourceAddresses(self) -> None:
+        """
+        C{--bind} connects from each of its addresses in turn: the first
+        connections and those that take their places.
+        """
+        peers: list[str] = []
+
+        class RecordingFactory(EchoServerFactory):
+            def buildProtocol(self, addr):
+                peers.append(addr.host)
+                return super().buildProtocol(addr)
+
+        port = self.listen(RecordingFactory())
+        code, out, err = await self.bench(
+            "--json", "-c", "2", "--reconnect", "1", "-n", "8", "--bind", "127.0.0.2, 127.0.0.3", "127.0.0.1", port
+        )
+        self.assertEqual((code, err, json.loads(out)["connectionsMade"]), (0, "", 8))
+        self.assertEqual(sorted(set(peers)), ["127.0.0.2", "127.0.0.3"])
+        self.assertEqual(peers.count("127.0.0.2"), 4)
+
     async def test_summary(self) -> None:
         """
         The summary says how many messages each connection sends, how many
@@ -731,6 +751,9 @@ class BenchOptionsTests(SynchronousTestCase):
             (["-d", "1", "-n", "5"], "not both"),
             (["-c", "0"], "--connections: must be at least 1, got 0"),
             (["--reconnect", "0"], "--reconnect: must be at least 1, got 0"),
+            (["-e", "unix:/tmp/echo.sock", "--bind", "127.0.0.1"], "--bind: a UNIX socket has no source address"),
+            (["--bind", "::1"], "--bind: cannot connect from '::1' to an IPv4 address"),
+            (["--bind", "192.0.2.1"], "--bind: cannot connect from '192.0.2.1' to an IPv4 address"),
             (["-k", "many"], "--pipeline: invalid number 'many'"),
             (["-c", "2", "-p", "3"], "--processes must not exceed --connections"),
             (["--size", str(2**40)], "--size must be at most"),

@@ -12,15 +12,39 @@ from typing import Any
 from tcplab import coerce
 from tcplab.endpoints import splitEndpoint
 
+#: Linux: a bind() to a local address leaves the port for connect() to pick,
+#: one free for the whole address 4-tuple rather than for the local address.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
 
 @dataclass(frozen=True)
 class Address:
     """
-    Where to connect: a socket family and a C{connect()} address.
+    Where to connect: a socket family and a C{connect()} address, and the
+    local addresses to connect from, in turn (none: the kernel's choice).
     """
 
     family: int
     sockaddr: Any
+    sources: tuple[str, ...] = ()
+
+    def newSocket(self, index: int, flags: int = 0) -> socket.socket:
+        """
+        @return: a new stream socket of this family (C{flags} added to its
+            type), bound to the C{index}th source address in turn if there
+            are any.
+        @raise OSError: if it cannot be bound.
+        """
+        sock = socket.socket(self.family, socket.SOCK_STREAM | flags)
+        if self.sources:
+            try:
+                if self.family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.sources[index % len(self.sources)], 0))
+            except OSError:
+                sock.close()
+                raise
+        return sock
 
     def __str__(self) -> str:
         if self.family == socket.AF_UNIX:
@@ -87,3 +111,22 @@ def _endpointValues(description: str, positional: list[str], named: dict[str, st
         raise ValueError(f"endpoint {description!r} has too many fields")
     values.update(zip(missing, positional, strict=False))
     return values
+
+
+def withSources(address: Address, sources: list[str]) -> Address:
+    """
+    @return: C{address}, to be connected to from each of C{sources} in turn.
+    @raise ValueError: if C{address} is a UNIX socket, or a source is not a
+        local address of its family.
+    """
+    if address.family == socket.AF_UNIX:
+        raise ValueError("--bind: a UNIX socket has no source address")
+    for source in sources:
+        try:
+            socket.inet_pton(address.family, source)
+            with socket.socket(address.family, socket.SOCK_STREAM) as probe:
+                probe.bind((source, 0))
+        except OSError as error:
+            family = "IPv6" if address.family == socket.AF_INET6 else "IPv4"
+            raise ValueError(f"--bind: cannot connect from {source!r} to an {family} address: {error.strerror or error}") from None
+    return Address(address.family, address.sockaddr, tuple(sources))

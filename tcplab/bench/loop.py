@@ -100,8 +100,12 @@ def connectAll(
     """
     sockets, failures, latencies = [], [], {}
     deadline = time.monotonic() + timeout
-    for _ in range(count):
-        sock = socket.socket(address.family, socket.SOCK_STREAM)
+    for index in range(count):
+        try:
+            sock = address.newSocket(index)
+        except OSError as error:
+            failures.append(f"cannot connect to {address}: {error.strerror or error}")
+            continue
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             began = clock()
@@ -176,6 +180,11 @@ def runLoad(
     # --reconnect: connections opened so far (the next starts at that message
     # of the period), and connections closed whose replacement is not open yet.
     opened, toOpen = len(sockets), 0
+    # A connection that sends all its messages at once has no use for
+    # TCP_NODELAY (nothing of its own is unacknowledged when it sends).
+    noDelay = address is not None and address.family != socket.AF_UNIX and not (
+        reconnect is not None and reconnect <= pipeline
+    )
 
     def fill(conn: _Connection, now: float) -> None:
         # Top the connection up to `pipeline` unanswered messages (and no
@@ -224,8 +233,12 @@ def runLoad(
         # must wait: a UNIX listener's queue is full.
         nonlocal opened
         assert address is not None
-        sock = socket.socket(address.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        if address.family != socket.AF_UNIX:
+        try:
+            sock = address.newSocket(opened, socket.SOCK_NONBLOCK)
+        except OSError as error:
+            result.fail(f"cannot connect to {address}: {error.strerror or error}")
+            return True
+        if noDelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         began = clock()
         error = sock.connect_ex(address.sockaddr)
