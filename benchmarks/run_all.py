@@ -10,7 +10,8 @@ installed, the same on uvloop) under the same loads:
   - churn: 50 connections in flight, each of which connects, exchanges one
     64-byte message and closes, to be replaced by a new one: connections/s,
     and the server's CPU time per connection (tcplab also with
-    C{logConnections}, as C{--log-connections} runs it);
+    C{logConnections}, as C{--log-connections} runs it: at most 1000
+    connections logged a second, and with no such budget);
   - idle: 10,000 connections that exchange one message and stay open:
     server RSS per connection.
 
@@ -37,12 +38,12 @@ from benchmarks.harness import GENERATOR_CPU, SERVER_CPU, Load, bench, machine, 
 from benchmarks.servers import HOST, SERVERS, ServerProcess, raiseFileLimit
 from tcplab.framing import encode
 
-OURS = ["tcplab-raw", "tcplab-line", "tcplab-length", "tcplab-raw-logged"]
+OURS = ["tcplab-raw", "tcplab-line", "tcplab-length", "tcplab-raw-logged", "tcplab-raw-logged-all"]
 ANCHORS = ["wire-echo", "line-receiver", "int32-receiver", "asyncio", "uvloop"]
 
 #: Servers measured only where connections are short (the settings they
 #: change cost nothing per message).
-CHURN_ONLY = ["tcplab-raw-logged"]
+CHURN_ONLY = ["tcplab-raw-logged", "tcplab-raw-logged-all"]
 
 
 @dataclass(frozen=True)

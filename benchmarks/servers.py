@@ -192,6 +192,13 @@ SERVERS: dict[str, Server] = {
             b"",
             _runTwisted(_tcplab("raw", b"", logConnections=True)),
         ),
+        Server(
+            "tcplab-raw-logged-all",
+            "tcplab raw --log-connections-per-second 0",
+            "raw",
+            b"",
+            _runTwisted(_tcplab("raw", b"", logConnections=True, logConnectionsPerSecond=0)),
+        ),
         Server("wire-echo", "wire.Echo", "raw", b"", _runTwisted(_wireEcho)),
         Server("line-receiver", "LineReceiver+SB", "line", SUFFIX, _runTwisted(_lineReceiverEcho)),
         Server("int32-receiver", "Int32StringReceiver+SB", "length", SUFFIX, _runTwisted(_int32Echo)),

@@ -335,28 +335,12 @@ class EchoProtocol(Protocol):
             self.factory.connectionClosed(self)
 
     def _logConnection(self, reason: Failure) -> None:
-        # One line per connection, when it ends (as HAProxy's tcplog does):
+        # One line per connection, when it ends (as HAProxy's TCP log does):
         # a log event costs about as much as the rest of a short
-        # connection's life, so there is no second one when it starts.  The
-        # text after the peer is written here, in one field: each field the
-        # format names costs the JSON observer a flattening pass.  The
-        # numbers are fields of their own too.
-        connectedAt = self._connectedAt
-        milliseconds = None
-        lasted = ""
-        if connectedAt is not None and self.clock is not None:
-            milliseconds = (self.clock.seconds() - connectedAt) * 1000
-            lasted = f" after {milliseconds:,.1f} ms"
-        why = reason.getErrorMessage()
-        self._log.info(
-            "{peer} {closed}",
-            peer=self.peer,
-            closed=f"disconnected{lasted}, {self.bytesIn:,} B in, {self.bytesOut:,} B out: {why}",
-            milliseconds=milliseconds,
-            bytesIn=self.bytesIn,
-            bytesOut=self.bytesOut,
-            reason=why,
-        )
+        # connection's life, so there is none when it starts.
+        log = self.factory.connectionLog() if self.factory is not None else _ConnectionLog(self._log, self.clock, 0)
+        if log.admit(1):
+            log.write(self, reason)
 
     def _takeBatch(self, data: bytes) -> Sequence[bytes]:
         # What one read completes, as the framing answers it best: here the
@@ -440,38 +424,29 @@ class EchoProtocol(Protocol):
         self.close(timeout)
 
 
-class _MessageLog:
+class _LogBudget:
     """
-    The message log of one connection: every message escaped (see
-    L{escape}: no control character of the peer's reaches the log) and cut
-    to C{limit} bytes, at most C{perSecond} of them a second.  Past that,
-    messages are only counted, and once the second is over (or at L{flush})
-    one line says how many were not logged.
+    At most C{perSecond} log lines a second: past that, what would have been
+    logged is only counted, and once the second is over (or at L{flush})
+    one line says how many were not logged (L{_report}).
 
-    A read over the budget costs a clock reading and a count however many
-    messages it holds, so a peer that floods messages makes neither the log
-    nor the time spent on it grow with its traffic.
+    Going over the budget costs a clock reading and a count, so a flood
+    makes neither the log nor the time spent on it grow with its traffic.
     """
 
-    __slots__ = ("_log", "_peer", "_clock", "_perSecond", "_limit", "_secondEnds", "_left", "_notLogged", "_timer")
+    __slots__ = ("_log", "_clock", "_perSecond", "_secondEnds", "_left", "_notLogged", "_timer")
 
-    def __init__(
-        self, log: Logger, peer: Callable[[], str], clock: IReactorTime | None, perSecond: int, limit: int
-    ) -> None:
+    def __init__(self, log: Logger, clock: IReactorTime | None, perSecond: int) -> None:
         """
         @param log: where the lines go.
-        @param peer: the peer's address, for each line.
         @param clock: the clock of the per-second budget; L{None} for none,
-            when the first C{perSecond} messages are logged and the rest
+            when the first C{perSecond} lines are logged and the rest
             only counted until L{flush}.
-        @param perSecond: messages logged a second at most.
-        @param limit: bytes of each message shown at most.
+        @param perSecond: lines logged a second at most.
         """
         self._log = log
-        self._peer = peer
         self._clock = clock
         self._perSecond = perSecond
-        self._limit = limit
         self._secondEnds = float("-inf")
         self._left = perSecond
         self._notLogged = 0
@@ -479,10 +454,10 @@ class _MessageLog:
 
     def admit(self, count: int) -> int:
         """
-        C{count} more messages arrived.
+        C{count} more things to log arrived.
 
-        @return: how many of them, the first ones, to L{write}; the others
-            are counted as not logged.
+        @return: how many of them, the first ones, to log; the others are
+            counted as not logged.
         """
         clock = self._clock
         if clock is not None:
@@ -499,6 +474,42 @@ class _MessageLog:
                 self._timer = clock.callLater(self._secondEnds - now, self.flush)
         return logged
 
+    def flush(self) -> None:
+        """
+        Say now how many things were not logged, if any: at the end of each
+        second over the budget, and when logging ends.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        count, self._notLogged = self._notLogged, 0
+        if count:
+            self._report(count)
+
+    def _report(self, count: int) -> None:
+        raise NotImplementedError
+
+
+class _MessageLog(_LogBudget):
+    """
+    The message log of one connection: every message escaped (see
+    L{escape}: no control character of the peer's reaches the log) and cut
+    to C{limit} bytes, within a budget of lines a second (L{_LogBudget}).
+    """
+
+    __slots__ = ("_peer", "_limit")
+
+    def __init__(
+        self, log: Logger, peer: Callable[[], str], clock: IReactorTime | None, perSecond: int, limit: int
+    ) -> None:
+        """
+        @param peer: the peer's address, for each line.
+        @param limit: bytes of each message shown at most.
+        """
+        super().__init__(log, clock, perSecond)
+        self._peer = peer
+        self._limit = limit
+
     def write(self, messages: Iterable[bytes]) -> None:
         """
         Log C{messages}, one line each.
@@ -507,19 +518,51 @@ class _MessageLog:
         for message in messages:
             self._log.info("message from {peer}: {text}", peer=peer, text=escape(message, limit))
 
-    def flush(self) -> None:
+    def _report(self, count: int) -> None:
+        self._log.info(
+            "{more} from {peer} not logged", more=plural(count, "more message"), count=count, peer=self._peer()
+        )
+
+
+class _ConnectionLog(_LogBudget):
+    """
+    The server's connection log (C{logConnections}): one line per
+    connection, when it closes, within a budget of lines a second (see
+    L{_LogBudget}); 0 lines a second for no budget.
+    """
+
+    __slots__ = ()
+
+    def admit(self, count: int) -> int:
+        return count if not self._perSecond else super().admit(count)
+
+    def write(self, protocol: EchoProtocol, reason: Failure) -> None:
         """
-        Say now how many messages were not logged, if any: at the end of
-        each second over the budget, and when the connection closes.
+        Log that C{protocol}'s connection closed, for C{reason}: its peer,
+        how long it lasted, its bytes in and out.
         """
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        count, self._notLogged = self._notLogged, 0
-        if count:
-            self._log.info(
-                "{more} from {peer} not logged", more=plural(count, "more message"), count=count, peer=self._peer()
-            )
+        # The text after the peer is written here, in one field: each field
+        # the format names costs the JSON observer a flattening pass.  The
+        # numbers are fields of their own too.
+        connectedAt = protocol._connectedAt
+        milliseconds = None
+        lasted = ""
+        if connectedAt is not None and self._clock is not None:
+            milliseconds = (self._clock.seconds() - connectedAt) * 1000
+            lasted = f" after {milliseconds:,.1f} ms"
+        why = reason.getErrorMessage()
+        self._log.info(
+            "{peer} {closed}",
+            peer=protocol.peer,
+            closed=f"disconnected{lasted}, {protocol.bytesIn:,} B in, {protocol.bytesOut:,} B out: {why}",
+            milliseconds=milliseconds,
+            bytesIn=protocol.bytesIn,
+            bytesOut=protocol.bytesOut,
+            reason=why,
+        )
+
+    def _report(self, count: int) -> None:
+        self._log.info("{more} not logged", more=plural(count, "more connection closed", "more connections closed"), count=count)
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -691,6 +734,7 @@ class EchoServerFactory(Factory):
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         reactor: IReactorTime | None = None,
         logConnections: bool = False,
+        logConnectionsPerSecond: int = defaults.LOG_CONNECTIONS_PER_SECOND,
     ) -> None:
         """
         @param framing: C{"raw"}, C{"line"} or C{"length"}.
@@ -708,6 +752,9 @@ class EchoServerFactory(Factory):
             the rest of a short connection's life.  Refused connections,
             errors and idle closes are logged either way, and L{stats}
             counts every connection.
+        @param logConnectionsPerSecond: with C{logConnections}, connections
+            logged a second at most (0: no limit); each second over the
+            budget ends in one line saying how many more were not logged.
         @param idleTimeout: seconds without traffic after which a connection
             is closed; 0 for never.
         @param maxConnections: connections open at once; a connection beyond
@@ -745,6 +792,10 @@ class EchoServerFactory(Factory):
             raise ValueError("logMessagesPerSecond must not be negative")
         self.logMessagesPerSecond = logMessagesPerSecond
         self.logConnections = logConnections
+        if logConnectionsPerSecond < 0:
+            raise ValueError("logConnectionsPerSecond must not be negative")
+        self.logConnectionsPerSecond = logConnectionsPerSecond
+        self._connectionLog: _ConnectionLog | None = None
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
@@ -796,6 +847,15 @@ class EchoServerFactory(Factory):
         protocol.factory = self
         return protocol
 
+    def connectionLog(self) -> _ConnectionLog:
+        """
+        @return: the log of the connections served (C{logConnections}),
+            with its budget of lines a second.
+        """
+        if self._connectionLog is None:
+            self._connectionLog = _ConnectionLog(EchoProtocol._log, self.reactor, self.logConnectionsPerSecond)
+        return self._connectionLog
+
     def startFactory(self) -> None:
         """
         Listening starts: watch for idle connections.  One periodic check
@@ -816,6 +876,8 @@ class EchoServerFactory(Factory):
         if self._idleSweep is not None:
             self._idleSweep.stop()
             self._idleSweep = None
+        if self._connectionLog is not None:
+            self._connectionLog.flush()
 
     def admit(self, protocol: EchoProtocol) -> str | None:
         """

@@ -76,6 +76,14 @@ class Options(coerce.CommandOptions):
             coerce.positive,
         ],
         [
+            "log-connections-per-second",
+            None,
+            defaults.LOG_CONNECTIONS_PER_SECOND,
+            "With --log-connections, connections logged a second at most (0: no limit); "
+            "one line a second counts the others.",
+            coerce.count,
+        ],
+        [
             "framing",
             None,
             defaults.FRAMING,
@@ -415,6 +423,7 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         maxLength=config["max-length"],
         logMessages=bool(config["log-messages"]),
         logConnections=bool(config["log-connections"]),
+        logConnectionsPerSecond=config["log-connections-per-second"],
         idleTimeout=config["idle-timeout"],
         maxConnections=config["max-connections"],
         maxPerPeer=config["max-per-peer"],

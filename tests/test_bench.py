@@ -564,7 +564,7 @@ class ReconnectTests(ServerTestCase):
             self.assertEqual((code, err, summary["messages"], summary["connectionsMade"]), (0, "", 12, 12), options)
             self.assertEqual(factory.served, 12)
         code, out, err = await self.bench(
-            "--json", "-c", "2", "--reconnect", "2", "-n", "12", "-e", f"unix:{path}", "-f", "length", "--suffix", "SB"
+            "--json", "-c", "1", "--reconnect", "2", "-n", "12", "-e", f"unix:{path}", "-f", "length", "--suffix", "SB"
         )
         summary = json.loads(out)
         self.assertEqual((code, err, summary["messages"], summary["connectionsMade"]), (0, "", 12, 6))

@@ -302,6 +302,45 @@ class ConnectionTests(SynchronousTestCase):
             ("127.0.0.1:40000", 1250.0, 1500, 1500),
         )
 
+    def test_connectionLogBudget(self) -> None:
+        """
+        At most C{logConnectionsPerSecond} connections are logged a second;
+        the others are counted, and one line says how many once the second
+        is over; stopping says it at once.
+        """
+        factory = serverFactory(logConnections=True, logConnectionsPerSecond=2)
+
+        def serveOne() -> None:
+            protocol, _ = connect(factory)
+            protocol.connectionLost(Failure(ConnectionDone()))
+
+        with capturedLogs() as events:
+            for _ in range(5):
+                serveOne()
+            self.assertEqual(len(events), 2)
+            factory.reactor.advance(1)
+            serveOne()
+            serveOne()
+            serveOne()
+            factory.stopFactory()
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines[2], "3 more connections closed not logged")
+        self.assertEqual(events[2]["count"], 3)
+        self.assertEqual(len([line for line in lines if "disconnected" in line]), 4)
+        self.assertEqual(lines[-1], "1 more connection closed not logged")
+        self.assertEqual(factory.reactor.getDelayedCalls(), [])
+
+    def test_connectionLogUnlimited(self) -> None:
+        """
+        With C{logConnectionsPerSecond=0} every connection is logged.
+        """
+        factory = serverFactory(logConnections=True, logConnectionsPerSecond=0)
+        with capturedLogs() as events:
+            for _ in range(2000):
+                protocol, _ = connect(factory)
+                protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(events), 2000)
+
     def test_connectionsNotLoggedByDefault(self) -> None:
         """
         By default a connection served logs nothing, but it is counted.

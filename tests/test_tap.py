@@ -108,6 +108,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((options["close-timeout"], options["proxy-header-timeout"]), (2.5, 4.0))
         factory = buildService(options, MemoryReactorClock()).factory
         self.assertEqual((factory.closeTimeout, factory.logConnections), (2.5, True))
+        self.assertEqual(factory.logConnectionsPerSecond, defaults.LOG_CONNECTIONS_PER_SECOND)
+        unlimited = parse("--log-connections", "--log-connections-per-second", "0")
+        self.assertEqual(buildService(unlimited, MemoryReactorClock()).factory.logConnectionsPerSecond, 0)
 
     def test_badValues(self) -> None:
         """
