@@ -27,13 +27,17 @@ GENERATOR_CPU = 1
 class Load:
     """
     One load to apply: C{connections} x C{pipeline} messages of C{size}
-    bytes in flight, for C{duration} seconds.
+    bytes in flight, for C{duration} seconds; with C{reconnect}, each
+    connection is closed after that many messages and replaced.
     """
 
     connections: int
     size: int
     pipeline: int
     duration: float
+    reconnect: int | None = None
+    #: Local addresses to connect from, comma-separated (tcplab bench --bind).
+    bind: str | None = None
 
 
 def bench(server: ServerProcess, load: Load, processes: int = 1) -> dict[str, Any]:
@@ -58,6 +62,8 @@ def bench(server: ServerProcess, load: Load, processes: int = 1) -> dict[str, An
         f"--pipeline={load.pipeline}",
         f"--duration={load.duration}",
         f"--processes={processes}",
+        *([f"--reconnect={load.reconnect}"] if load.reconnect else []),
+        *([f"--bind={load.bind}"] if load.bind else []),
         HOST,
         str(server.port),
     ]
@@ -71,6 +77,8 @@ def bench(server: ServerProcess, load: Load, processes: int = 1) -> dict[str, An
     summary = json.loads(lines[-1])
     # CPU use over the measured load: a server well under 100% was not the limit.
     summary["serverCpu"] = serverCpu / max(summary["seconds"], 1e-9)
+    # ... and per connection made, what the server spent on each.
+    summary["serverCpuPerConnection"] = serverCpu / max(summary["connectionsMade"], 1)
     return summary
 
 

@@ -7,6 +7,11 @@ installed, the same on uvloop) under the same loads:
   - ping-pong: 10 connections x 64 B, one message in flight on each;
   - bulk: 100 connections x 1 KiB, one message in flight on each;
   - pipelined: 10 connections x 64 B, 100 messages in flight on each;
+  - churn: 50 connections in flight, each of which connects, exchanges one
+    64-byte message and closes, to be replaced by a new one: connections/s,
+    and the server's CPU time per connection (tcplab also with
+    C{logConnections}, as C{--log-connections} runs it: at most 1000
+    connections logged a second, and with no such budget);
   - idle: 10,000 connections that exchange one message and stay open:
     server RSS per connection.
 
@@ -17,7 +22,7 @@ ends with the ratio of every tcplab server to every anchor.
 
 Run from the project root::
 
-    .venv/bin/python -m benchmarks.run_all [--duration 3] [--repeat 1] [--idle 10000]
+    .venv/bin/python -m benchmarks.run_all [--duration 3] [--repeat 1] [--idle 10000] [--scenarios churn]
 """
 
 from __future__ import annotations
@@ -33,22 +38,35 @@ from benchmarks.harness import GENERATOR_CPU, SERVER_CPU, Load, bench, machine, 
 from benchmarks.servers import HOST, SERVERS, ServerProcess, raiseFileLimit
 from tcplab.framing import encode
 
-OURS = ["tcplab-raw", "tcplab-line", "tcplab-length"]
+OURS = ["tcplab-raw", "tcplab-line", "tcplab-length", "tcplab-raw-logged", "tcplab-raw-logged-all"]
 ANCHORS = ["wire-echo", "line-receiver", "int32-receiver", "asyncio", "uvloop"]
+
+#: Servers measured only where connections are short (the settings they
+#: change cost nothing per message).
+CHURN_ONLY = ["tcplab-raw-logged", "tcplab-raw-logged-all"]
 
 
 @dataclass(frozen=True)
 class Scenario:
+    key: str
     name: str
     connections: int
     size: int
     pipeline: int
+    reconnect: int | None = None
+    bind: str | None = None
 
+
+#: One source address reaches at most about 14,000 connections a second to
+#: one server address (its ephemeral ports are reused only after a second or
+#: so in TIME_WAIT): the churn comes from four.
+CHURN_SOURCES = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4"
 
 SCENARIOS = [
-    Scenario("ping-pong 10 x 64 B", 10, 64, 1),
-    Scenario("bulk 100 x 1 KiB", 100, 1024, 1),
-    Scenario("pipelined 10 x 64 B x 100 in flight", 10, 64, 100),
+    Scenario("ping-pong", "ping-pong 10 x 64 B", 10, 64, 1),
+    Scenario("bulk", "bulk 100 x 1 KiB", 100, 1024, 1),
+    Scenario("pipelined", "pipelined 10 x 64 B x 100 in flight", 10, 64, 100),
+    Scenario("churn", "churn 50 in flight: connect, 64 B echo, close", 50, 64, 1, reconnect=1, bind=CHURN_SOURCES),
 ]
 
 
@@ -56,7 +74,7 @@ def throughput(names: list[str], scenario: Scenario, duration: float, repeat: in
     """
     @return: the best bench summary of each server under C{scenario}.
     """
-    load = Load(scenario.connections, scenario.size, scenario.pipeline, duration)
+    load = Load(scenario.connections, scenario.size, scenario.pipeline, duration, scenario.reconnect, scenario.bind)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     # Round-robin: every server runs once per round, so that the machine's
     # drift over minutes falls on all of them alike rather than on one.
@@ -124,6 +142,50 @@ def ratios(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str
     return table(["tcplab / anchor", *(SERVERS[anchor].label for anchor in present)], rows)
 
 
+def churnTables(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str:
+    """
+    @return: the connection rate, latencies and server CPU of each server,
+        and the ratios of each tcplab server to each anchor: of connections/s,
+        and of the server CPU time one connection costs (the anchor's over
+        tcplab's, so that more than 1x is better for tcplab too), which is
+        what to compare where the generator, not the server, was the limit.
+    """
+    rows = [
+        [
+            SERVERS[name].label,
+            f"{summary['connectionsPerSecond']:,.0f}",
+            f"{summary['latencyMs']['p50']:.3f}",
+            f"{summary['latencyMs']['p99']:.3f}",
+            f"{summary['connectLatencyMs']['p50']:.3f}",
+            f"{summary['connectLatencyMs']['p99']:.3f}",
+            f"{summary['serverCpu']:.0%}",
+            f"{summary['serverCpuPerConnection'] * 1e6:.0f}",
+        ]
+        for name, summary in results.items()
+    ]
+    headers = ["server", "conn/s", "p50 ms", "p99 ms", "connect p50 ms", "connect p99 ms", "server CPU", "server us/conn"]
+    present = [name for name in anchors if name in results]
+    cost = [
+        [
+            SERVERS[name].label,
+            *(
+                f"{results[anchor]['serverCpuPerConnection'] / results[name]['serverCpuPerConnection']:.2f}x"
+                for anchor in present
+            ),
+        ]
+        for name in ours
+        if name in results
+    ]
+    return "\n\n".join(
+        [
+            table(headers, rows),
+            "connections/s:\n\n" + ratios(results, ours, anchors),
+            "server CPU per connection (anchor's / tcplab's):\n\n"
+            + table(["tcplab / anchor", *(SERVERS[anchor].label for anchor in present)], cost),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per case [3]")
@@ -132,7 +194,19 @@ def main(argv: list[str] | None = None) -> int:
         "--idle", type=int, default=10000, help="connections of the idle scenario; 0 skips it [10000]"
     )
     parser.add_argument("--servers", default=None, help="comma-separated server names [all available]")
+    parser.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"comma-separated scenarios, of {', '.join(s.key for s in SCENARIOS)} [all]; idle is --idle",
+    )
     args = parser.parse_args(argv)
+    scenarios = SCENARIOS
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        unknown = sorted(set(wanted) - {scenario.key for scenario in SCENARIOS})
+        if unknown:
+            parser.error(f"unknown scenario {unknown[0]!r}")
+        scenarios = [scenario for scenario in SCENARIOS if scenario.key in wanted]
     names = [name for name, server in SERVERS.items() if server.available()]
     if args.servers:
         names = [name for name in args.servers.split(",") if name in names]
@@ -147,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"not measured: {', '.join(missing)}")
     try:
-        for scenario in SCENARIOS:
-            results = throughput(names, scenario, args.duration, args.repeat)
+        for scenario in scenarios:
+            measured = [name for name in names if scenario.reconnect or name not in CHURN_ONLY]
+            results = throughput(measured, scenario, args.duration, args.repeat)
             print(f"\n## {scenario.name}\n")
+            if scenario.reconnect:
+                print(churnTables(results, OURS, ANCHORS))
+                continue
             rows = [
                 [
                     SERVERS[name].label,
@@ -173,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
                 os.sched_setaffinity(0, {GENERATOR_CPU})
             print(f"\n## idle: {args.idle:,} connections, server RSS per connection\n")
-            perConnection = {name: idleRss(name, args.idle) for name in names}
+            perConnection = {name: idleRss(name, args.idle) for name in names if name not in CHURN_ONLY}
             wire = perConnection.get("wire-echo")
             rows = [
                 [
@@ -187,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError) as error:
         print(f"run_all: {error}", file=sys.stderr)
         return 1
-    print("\nevery reply was checked byte for byte by the generator: 0 wrong, 0 unanswered")
+    print("\nevery reply was checked byte for byte by the generator: 0 wrong, 0 unanswered, 0 failed connections")
     return 0
 
 

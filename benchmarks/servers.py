@@ -51,6 +51,8 @@ def _runTwisted(makeFactory: Callable[[], object]) -> Callable[[Callable[[int], 
         epollreactor.install()
         from twisted.internet import reactor
 
+        _logAsTwistDoes()
+
         port = reactor.listenTCP(0, makeFactory(), backlog=1024, interface=HOST)
         ready(port.getHost().port)
         reactor.run()
@@ -58,18 +60,41 @@ def _runTwisted(makeFactory: Callable[[], object]) -> Callable[[Callable[[int], 
     return run
 
 
-def _tcplab(framing: str, suffix: bytes) -> Callable[[], object]:
+def _logAsTwistDoes() -> None:
+    # Every Twisted server logs as `twist` does when its output is not a
+    # terminal: JSON lines at level info and above, here to a temporary file
+    # (removed when the server exits).  Without an observer, Twisted would
+    # keep the events in memory instead.
+    import tempfile
+
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        jsonFileLogObserver,
+    )
+
+    logFile = tempfile.TemporaryFile("w", encoding="utf-8")
+    observer = FilteringLogObserver(
+        jsonFileLogObserver(logFile), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def _tcplab(framing: str, suffix: bytes, **settings: object) -> Callable[[], object]:
     def makeFactory() -> object:
         import inspect
 
         from tcplab.server import EchoServerFactory
 
         # The idle scenario holds 10,000 connections: lift the server's
-        # connection limit, where it has one; every other setting is the default.
-        unlimited = {"maxConnections": 0}
+        # connection limit, where it has one; every other setting is the
+        # default, unless named in settings.
+        options = {"maxConnections": 0, **settings}
         accepted = inspect.signature(EchoServerFactory).parameters
         return EchoServerFactory(
-            framing=framing, suffix=suffix, **{k: v for k, v in unlimited.items() if k in accepted}
+            framing=framing, suffix=suffix, **{k: v for k, v in options.items() if k in accepted}
         )
 
     return makeFactory
@@ -160,6 +185,20 @@ SERVERS: dict[str, Server] = {
         Server("tcplab-raw", "tcplab raw", "raw", b"", _runTwisted(_tcplab("raw", b""))),
         Server("tcplab-line", "tcplab line+SB", "line", SUFFIX, _runTwisted(_tcplab("line", SUFFIX))),
         Server("tcplab-length", "tcplab length+SB", "length", SUFFIX, _runTwisted(_tcplab("length", SUFFIX))),
+        Server(
+            "tcplab-raw-logged",
+            "tcplab raw --log-connections",
+            "raw",
+            b"",
+            _runTwisted(_tcplab("raw", b"", logConnections=True)),
+        ),
+        Server(
+            "tcplab-raw-logged-all",
+            "tcplab raw --log-connections-per-second 0",
+            "raw",
+            b"",
+            _runTwisted(_tcplab("raw", b"", logConnections=True, logConnectionsPerSecond=0)),
+        ),
         Server("wire-echo", "wire.Echo", "raw", b"", _runTwisted(_wireEcho)),
         Server("line-receiver", "LineReceiver+SB", "line", SUFFIX, _runTwisted(_lineReceiverEcho)),
         Server("int32-receiver", "Int32StringReceiver+SB", "length", SUFFIX, _runTwisted(_int32Echo)),

@@ -64,6 +64,10 @@ CLIENT_MAX_LENGTH = 16 * 1024 * 1024
 #: second; the rest are counted, and one line a second says how many.
 LOG_MESSAGES_PER_SECOND = 10
 
+#: With connection logging on, the server logs at most this many connections a
+#: second (0: no limit); the rest are counted, and one line a second says how many.
+LOG_CONNECTIONS_PER_SECOND = 1000
+
 #: With message logging on, the most bytes of a message shown in its log line.
 LOG_MESSAGE_BYTES = 200
 

@@ -70,6 +70,9 @@ class EchoProtocol(Protocol):
     @ivar logMessages: log every message received (escaped and cut to
         C{logMessageBytes} bytes, at most C{logMessagesPerSecond} a second;
         see L{MessageLog}).
+    @ivar logConnections: log every connection served, in one line when it
+        closes: how long it lasted, the bytes in and out, and why it closed
+        (a refused one is logged either way).
     @ivar clock: for the timers of closing and draining; none if L{None}.
     @ivar closeTimeout: seconds a closing connection gets to deliver its
         last replies (and its peer to close) before it is aborted.
@@ -86,6 +89,27 @@ class EchoProtocol(Protocol):
     # Made by the first message logged (see _getMessageLog).
     _messageLog: MessageLog | None = None
 
+    # The state of a new connection, until it changes: a connection set up
+    # and torn down in a millisecond assigns only what it uses.
+    bytesIn = 0
+    bytesOut = 0
+    _direct = False
+    _closing = False
+    _draining = False
+    _paused = False
+    _timer: IDelayedCall | None = None
+    _refusal: str | None = None
+    # Times the transport resumed reading: its write buffer drained, so
+    # replies are flowing out even when nothing comes in.
+    _resumes = 0
+    # What the idle check saw last (bytes in plus resumes), and when it changed.
+    _seenActivity = 0
+    _activeAt = 0.0
+    # When the connection was made (clock seconds), for the connection log.
+    _connectedAt: float | None = None
+    # What the drain check saw last of bytesIn.
+    _seenBytesIn = 0
+
     def __init__(
         self,
         suffix: bytes = b"",
@@ -94,30 +118,16 @@ class EchoProtocol(Protocol):
         clock: IReactorTime | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         logMessagesPerSecond: int = defaults.LOG_MESSAGES_PER_SECOND,
+        logConnections: bool = False,
     ) -> None:
         self.suffix = suffix
         self.maxLength = maxLength
         self.logMessages = logMessages
+        self.logConnections = logConnections
         self.logMessagesPerSecond = logMessagesPerSecond
         self.clock = clock
         self.closeTimeout = closeTimeout
-        self.bytesIn = 0
-        self.bytesOut = 0
         self._decoder = decoderFor(self.framing, maxLength)
-        self._direct = False
-        self._closing = False
-        self._draining = False
-        self._paused = False
-        self._timer: IDelayedCall | None = None
-        self._refusal: str | None = None
-        # Times the transport resumed reading: its write buffer drained, so
-        # replies are flowing out even when nothing comes in.
-        self._resumes = 0
-        # What the idle check saw last (bytes in plus resumes), and when it changed.
-        self._seenActivity = 0
-        self._activeAt = 0.0
-        # What the drain check saw last of bytesIn.
-        self._seenBytesIn = 0
 
     @property
     def peer(self) -> str:
@@ -141,7 +151,8 @@ class EchoProtocol(Protocol):
             # Nothing but the notice is in flight: a moment to read it is enough.
             self._closeWith(self._refusal, self.refuseTimeout)
             return
-        self._log.info("connection from {peer}", peer=self.peer)
+        if self.logConnections and self.clock is not None:
+            self._connectedAt = self._activeAt
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -206,9 +217,10 @@ class EchoProtocol(Protocol):
         The peer shut down its write side: answer what is still pending, let
         the transport flush every reply, then close.
         """
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         if self._closing:
-            self.transport.loseConnection()
+            transport.loseConnection()
             return
         messages, dropped = self._decoder.finish()
         self._answer(messages)
@@ -223,8 +235,16 @@ class EchoProtocol(Protocol):
         if self.factory is not None:
             # It has sent its last message: its slot goes to the next connection.
             self.factory.release(self)
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        transport.unregisterProducer()
+        if self._direct and not (transport.dataBuffer or transport._tempDataLen):
+            # Every reply is with the kernel already, which delivers it
+            # before the FIN: close now, in this reactor turn, as Twisted
+            # closes a connection whose protocol does not half-close
+            # (IFileDescriptor.connectionLost).  loseConnection() would wait
+            # a turn for writability, and a lingering peer for the timer.
+            transport.connectionLost(connectionDone)
+            return
+        transport.loseConnection()
         self._abortLater()
 
     def writeConnectionLost(self) -> None:
@@ -313,12 +333,18 @@ class EchoProtocol(Protocol):
         self._stopTimer()
         if self._messageLog is not None:
             self._messageLog.flush()
-        if self._refusal is None:
-            self._log.info(
-                "{peer} disconnected: {reason}", peer=self.peer, reason=reason.getErrorMessage()
-            )
+        if self.logConnections and self._refusal is None:
+            self._logConnection(reason)
         if self.factory is not None:
             self.factory.connectionClosed(self)
+
+    def _logConnection(self, reason: Failure) -> None:
+        # One line per connection, when it ends (as HAProxy's TCP log does):
+        # a log event costs about as much as the rest of a short
+        # connection's life, so there is none when it starts.
+        log = self.factory.connectionLog() if self.factory is not None else _ConnectionLog(self._log, self.clock, 0)
+        if log.admit(1):
+            log.write(self, reason)
 
     def _takeBatch(self, data: bytes) -> Sequence[bytes]:
         # What one read completes, as the framing answers it best: here the
@@ -401,6 +427,113 @@ class EchoProtocol(Protocol):
             assert self.transport is not None
             self.transport.write(notice)
         self.close(timeout)
+
+
+class _LogBudget:
+    """
+    At most C{perSecond} log lines a second: past that, what would have been
+    logged is only counted, and once the second is over (or at L{flush})
+    one line says how many were not logged (L{_report}).
+
+    Going over the budget costs a clock reading and a count, so a flood
+    makes neither the log nor the time spent on it grow with its traffic.
+    """
+
+    __slots__ = ("_log", "_clock", "_perSecond", "_secondEnds", "_left", "_notLogged", "_timer")
+
+    def __init__(self, log: Logger, clock: IReactorTime | None, perSecond: int) -> None:
+        """
+        @param log: where the lines go.
+        @param clock: the clock of the per-second budget; L{None} for none,
+            when the first C{perSecond} lines are logged and the rest
+            only counted until L{flush}.
+        @param perSecond: lines logged a second at most.
+        """
+        self._log = log
+        self._clock = clock
+        self._perSecond = perSecond
+        self._secondEnds = float("-inf")
+        self._left = perSecond
+        self._notLogged = 0
+        self._timer: IDelayedCall | None = None
+
+    def admit(self, count: int) -> int:
+        """
+        C{count} more things to log arrived.
+
+        @return: how many of them, the first ones, to log; the others are
+            counted as not logged.
+        """
+        clock = self._clock
+        if clock is not None:
+            now = clock.seconds()
+            if now >= self._secondEnds:
+                self.flush()
+                self._secondEnds = now + 1
+                self._left = self._perSecond
+        logged = min(count, self._left)
+        self._left -= logged
+        if logged < count:
+            self._notLogged += count - logged
+            if self._timer is None and clock is not None:
+                self._timer = clock.callLater(self._secondEnds - now, self.flush)
+        return logged
+
+    def flush(self) -> None:
+        """
+        Say now how many things were not logged, if any: at the end of each
+        second over the budget, and when logging ends.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        count, self._notLogged = self._notLogged, 0
+        if count:
+            self._report(count)
+
+    def _report(self, count: int) -> None:
+        raise NotImplementedError
+
+
+class _ConnectionLog(_LogBudget):
+    """
+    The server's connection log (C{logConnections}): one line per
+    connection, when it closes, within a budget of lines a second (see
+    L{_LogBudget}); 0 lines a second for no budget.
+    """
+
+    __slots__ = ()
+
+    def admit(self, count: int) -> int:
+        return count if not self._perSecond else super().admit(count)
+
+    def write(self, protocol: EchoProtocol, reason: Failure) -> None:
+        """
+        Log that C{protocol}'s connection closed, for C{reason}: its peer,
+        how long it lasted, its bytes in and out.
+        """
+        # The text after the peer is written here, in one field: each field
+        # the format names costs the JSON observer a flattening pass.  The
+        # numbers are fields of their own too.
+        connectedAt = protocol._connectedAt
+        milliseconds = None
+        lasted = ""
+        if connectedAt is not None and self._clock is not None:
+            milliseconds = (self._clock.seconds() - connectedAt) * 1000
+            lasted = f" after {milliseconds:,.1f} ms"
+        why = reason.getErrorMessage()
+        self._log.info(
+            "{peer} {closed}",
+            peer=protocol.peer,
+            closed=f"disconnected{lasted}, {protocol.bytesIn:,} B in, {protocol.bytesOut:,} B out: {why}",
+            milliseconds=milliseconds,
+            bytesIn=protocol.bytesIn,
+            bytesOut=protocol.bytesOut,
+            reason=why,
+        )
+
+    def _report(self, count: int) -> None:
+        self._log.info("{more} not logged", more=plural(count, "more connection closed", "more connections closed"), count=count)
 
 
 class RawEchoProtocol(EchoProtocol):
@@ -571,6 +704,8 @@ class EchoServerFactory(Factory):
         maxServed: int | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         reactor: IReactorTime | None = None,
+        logConnections: bool = False,
+        logConnectionsPerSecond: int = defaults.LOG_CONNECTIONS_PER_SECOND,
     ) -> None:
         """
         @param framing: C{"raw"}, C{"line"} or C{"length"}.
@@ -582,6 +717,15 @@ class EchoServerFactory(Factory):
         @param logMessagesPerSecond: with C{logMessages}, messages logged a
             second at most per connection; each second over the budget ends
             in one line saying how many more were not logged.
+        @param logConnections: log every connection served, in one line when
+            it closes ("PEER disconnected after 1.2 ms, 64 B in, 64 B out:
+            REASON").  Off by default: a log event costs about as much as
+            the rest of a short connection's life.  Refused connections,
+            errors and idle closes are logged either way, and L{stats}
+            counts every connection.
+        @param logConnectionsPerSecond: with C{logConnections}, connections
+            logged a second at most (0: no limit); each second over the
+            budget ends in one line saying how many more were not logged.
         @param idleTimeout: seconds without traffic after which a connection
             is closed; 0 for never.
         @param maxConnections: connections open at once; a connection beyond
@@ -618,6 +762,11 @@ class EchoServerFactory(Factory):
         if logMessagesPerSecond < 0:
             raise ValueError("logMessagesPerSecond must not be negative")
         self.logMessagesPerSecond = logMessagesPerSecond
+        self.logConnections = logConnections
+        if logConnectionsPerSecond < 0:
+            raise ValueError("logConnectionsPerSecond must not be negative")
+        self.logConnectionsPerSecond = logConnectionsPerSecond
+        self._connectionLog: _ConnectionLog | None = None
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
         self.maxPerPeer = maxPerPeer
@@ -629,8 +778,9 @@ class EchoServerFactory(Factory):
         self.refused = 0
         self._perPeer: Counter[str] = Counter()
         # The peer host of each connection that holds a slot (open and not
-        # closing), as counted when it was admitted.
-        self._hosts: dict[EchoProtocol, str] = {}
+        # closing), as counted when it was admitted; None when no per-peer
+        # limit is set (no count is kept then).
+        self._hosts: dict[EchoProtocol, str | None] = {}
         self._closedBytesIn = 0
         self._closedBytesOut = 0
         self._servedWaiters: list[Deferred[None]] = []
@@ -663,9 +813,19 @@ class EchoServerFactory(Factory):
             clock=self._reactor,
             closeTimeout=self.closeTimeout,
             logMessagesPerSecond=self.logMessagesPerSecond,
+            logConnections=self.logConnections,
         )
         protocol.factory = self
         return protocol
+
+    def connectionLog(self) -> _ConnectionLog:
+        """
+        @return: the log of the connections served (C{logConnections}),
+            with its budget of lines a second.
+        """
+        if self._connectionLog is None:
+            self._connectionLog = _ConnectionLog(EchoProtocol._log, self.reactor, self.logConnectionsPerSecond)
+        return self._connectionLog
 
     def startFactory(self) -> None:
         """
@@ -687,6 +847,8 @@ class EchoServerFactory(Factory):
         if self._idleSweep is not None:
             self._idleSweep.stop()
             self._idleSweep = None
+        if self._connectionLog is not None:
+            self._connectionLog.flush()
 
     def admit(self, protocol: EchoProtocol) -> str | None:
         """
@@ -697,7 +859,7 @@ class EchoServerFactory(Factory):
         @return: L{None} if the connection is served, else why it is refused.
         """
         assert protocol.transport is not None
-        host = _hostOf(protocol.transport.getPeer())
+        host = _hostOf(protocol.transport.getPeer()) if self.maxPerPeer else None
         reason = self._refusal(host)
         if reason is not None:
             self.refused += 1
@@ -705,7 +867,8 @@ class EchoServerFactory(Factory):
         self.served += 1
         self.connections.add(protocol)
         self._hosts[protocol] = host
-        self._perPeer[host] += 1
+        if host is not None:
+            self._perPeer[host] += 1
         return None
 
     def release(self, protocol: EchoProtocol) -> None:
@@ -812,7 +975,7 @@ class EchoServerFactory(Factory):
         for protocol in list(self.connections):
             protocol.abort()
 
-    def _refusal(self, host: str) -> str | None:
+    def _refusal(self, host: str | None) -> str | None:
         # A closing connection gives up its slot but stays open until its
         # peer closes or closeTimeout passes: open ones are capped as well,
         # at twice the limit, so that closing ones cannot pile up.
@@ -820,7 +983,7 @@ class EchoServerFactory(Factory):
             len(self._hosts) >= self.maxConnections or len(self.connections) >= 2 * self.maxConnections
         ):
             return f"server busy ({plural(self.maxConnections, 'connection')}); try again later"
-        if self.maxPerPeer and self._perPeer.get(host, 0) >= self.maxPerPeer:
+        if host is not None and self._perPeer.get(host, 0) >= self.maxPerPeer:
             return f"too many connections from your address (limit {self.maxPerPeer})"
         return None
 

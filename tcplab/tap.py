@@ -52,6 +52,13 @@ class Options(coerce.CommandOptions):
             f"{defaults.LOG_MESSAGE_BYTES} bytes, at most {defaults.LOG_MESSAGES_PER_SECOND} "
             "a second per connection.",
         ],
+        [
+            "log-connections",
+            None,
+            "Log every connection served, in one line when it closes: how long it lasted, "
+            "the bytes in and out, and why it closed (refusals, errors and the stop "
+            "summary are always logged).",
+        ],
     ]
     optParameters = [
         ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],
@@ -69,6 +76,14 @@ class Options(coerce.CommandOptions):
             defaults.UDP_BURST,
             "UDP datagrams answered to one source host at once, before --udp-rate applies.",
             coerce.positive,
+        ],
+        [
+            "log-connections-per-second",
+            None,
+            defaults.LOG_CONNECTIONS_PER_SECOND,
+            "With --log-connections, connections logged a second at most (0: no limit); "
+            "one line a second counts the others.",
+            coerce.count,
         ],
         [
             "framing",
@@ -443,6 +458,8 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         suffix=config["suffix"],
         maxLength=config["max-length"],
         logMessages=bool(config["log-messages"]),
+        logConnections=bool(config["log-connections"]),
+        logConnectionsPerSecond=config["log-connections-per-second"],
         idleTimeout=config["idle-timeout"],
         maxConnections=config["max-connections"],
         maxPerPeer=config["max-per-peer"],

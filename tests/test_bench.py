@@ -40,7 +40,11 @@ SUMMARY_FIELDS = {
     "size",
     "suffix",
     "pipeline",
+    "reconnect",
     "connections",
+    "connectionsMade",
+    "connectionsPerSecond",
+    "connectLatencyMs",
     "failedConnections",
     "messages",
     "seconds",
@@ -117,6 +121,24 @@ class SplittingEcho(Protocol):
             reactor.callLater(0.005 * index, self.transport.write, reply[start:end])
 
 
+class FirstMessages(Protocol):
+    """
+    Echo every byte back, and keep the first read of each connection in
+    C{firsts}.
+    """
+
+    firsts: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.first = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.first:
+            self.firsts.append(data)
+            self.first = False
+        self.transport.write(data)
+
+
 class TerminalStream(StringIO):
     """
     A text stream that says it is a terminal.
@@ -135,9 +157,9 @@ def parse(*argv: str) -> BenchOptions:
     return options
 
 
-class BenchRunTests(TestCase):
+class ServerTestCase(TestCase):
     """
-    L{runBench} against a server in this process.
+    Runs L{runBench} against servers listening in this process.
     """
 
     def listen(self, factory: Factory, interface: str = "127.0.0.1") -> str:
@@ -163,6 +185,12 @@ class BenchRunTests(TestCase):
         out, err = StringIO(), StringIO()
         code = await threads.deferToThread(runBench, parse(*argv), out, err)
         return code, out.getvalue(), err.getvalue()
+
+
+class BenchRunTests(ServerTestCase):
+    """
+    L{runBench} against a server in this process.
+    """
 
     async def test_jsonFields(self) -> None:
         """
@@ -414,6 +442,217 @@ class BenchRunTests(TestCase):
         self.assertIn("cannot connect to 127.0.0.1:", err)
 
 
+class ReconnectTests(ServerTestCase):
+    """
+    C{--reconnect N}: each connection is closed after N messages and a new
+    one takes its place; the connection rate and connect latency are
+    reported, and every reply is still checked.
+    """
+
+    async def test_counts(self) -> None:
+        """
+        Every message is answered, each connection sends C{N} of them (the
+        server sees as many connections as were made), and the JSON summary
+        has the connection rate and the connect-latency percentiles.
+        """
+        # (With several connections, those open at the end share the last
+        # messages: one connection at a time makes the counts exact.)
+        for connections, reconnect, pipeline, requests, made in [
+            ("2", "1", "1", 30, 30),
+            ("1", "4", "2", 40, 10),
+            ("1", "3", "5", 10, 4),
+        ]:
+            factory = EchoServerFactory(framing="line")
+            port = self.listen(factory)
+            code, out, err = await self.bench(
+                "--json", "-f", "line", "-c", connections, "-k", pipeline, "--reconnect", reconnect,
+                "-n", str(requests), "127.0.0.1", port,
+            )
+            self.assertEqual((code, err), (0, ""), reconnect)
+            summary = json.loads(out)
+            self.assertEqual(
+                (summary["messages"], summary["connections"], summary["connectionsMade"], summary["reconnect"]),
+                (requests, int(connections), made, int(reconnect)),
+            )
+            self.assertEqual((summary["failedConnections"], summary["errors"], summary["unanswered"]), (0, 0, 0))
+            self.assertEqual(factory.served, made)
+            self.assertLess(abs(summary["connectionsPerSecond"] / (made / summary["seconds"]) - 1), 1e-3)
+            latency = summary["connectLatencyMs"]
+            self.assertEqual(set(latency), {"p50", "p90", "p99", "max"})
+            self.assertTrue(0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < 10_000)
+
+    async def test_processes(self) -> None:
+        """
+        With C{--processes}, the connections made and their latencies are
+        added up over the processes.
+        """
+        factory = EchoServerFactory()
+        port = self.listen(factory)
+        code, out, err = await self.bench("--json", "-p", "2", "-c", "2", "--reconnect", "1", "-n", "21", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, err, summary["messages"], summary["connectionsMade"]), (0, "", 21, 21))
+        self.assertEqual(factory.served, 21)
+        self.assertIsNotNone(summary["connectLatencyMs"]["p99"])
+
+    async def test_sourceAddresses(self) -> None:
+        """
+        C{--bind} connects from each of its addresses in turn: the first
+        connections and those that take their places.
+        """
+        peers: list[str] = []
+
+        class RecordingFactory(EchoServerFactory):
+            def buildProtocol(self, addr):
+                peers.append(addr.host)
+                return super().buildProtocol(addr)
+
+        port = self.listen(RecordingFactory())
+        code, out, err = await self.bench(
+            "--json", "-c", "2", "--reconnect", "1", "-n", "8", "--bind", "127.0.0.2, 127.0.0.3", "127.0.0.1", port
+        )
+        self.assertEqual((code, err, json.loads(out)["connectionsMade"]), (0, "", 8))
+        self.assertEqual(sorted(set(peers)), ["127.0.0.2", "127.0.0.3"])
+        self.assertEqual(peers.count("127.0.0.2"), 4)
+
+    async def test_summary(self) -> None:
+        """
+        The summary says how many messages each connection sends, how many
+        connections were made and how fast, and their connect latency.
+        """
+        port = self.listen(EchoServerFactory())
+        code, out, err = await self.bench("--reconnect", "1", "-c", "2", "-n", "20", "127.0.0.1", port)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("each connection closed after 1 message", out)
+        self.assertRegex(out, r"connections   20 made \([\d,]+/s\), 0 failed")
+        self.assertRegex(out, r"connect       p50 [\d.]+ ms  p90")
+
+    async def test_withoutReconnect(self) -> None:
+        """
+        Without C{--reconnect}, the connections are made before the run:
+        their connect latency is reported, but no connection rate.
+        """
+        port = self.listen(EchoServerFactory())
+        code, out, err = await self.bench("--json", "-c", "3", "-n", "30", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, summary["reconnect"], summary["connectionsMade"]), (0, None, 3))
+        self.assertIsNone(summary["connectionsPerSecond"])
+        self.assertIsNotNone(summary["connectLatencyMs"]["max"])
+
+    async def test_framingsAndEndpoints(self) -> None:
+        """
+        Every framing (raw with a suffix included) and every endpoint kind
+        (TCP over IPv4 and IPv6, UNIX sockets) reconnects.
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "echo.sock")
+        unix = EchoServerFactory(framing="length", suffix=b"SB")
+        self.addCleanup(unix.drain)
+        self.addCleanup(reactor.listenUNIX(path, unix).stopListening)
+        cases = [
+            (EchoServerFactory(), "127.0.0.1", []),
+            (EchoServerFactory(suffix=b"SB"), "127.0.0.1", ["--suffix", "SB"]),
+            (EchoServerFactory(framing="line", suffix=b"SB"), "::1", ["-f", "line", "--suffix", "SB"]),
+            (EchoServerFactory(framing="length", suffix=b"SB"), "127.0.0.1", ["-f", "length", "--suffix", "SB"]),
+        ]
+        for factory, host, options in cases:
+            port = self.listen(factory, interface=host)
+            kind = "tcp6" if ":" in host else "tcp"
+            endpoint = f"{kind}:host={host}:port={port}"
+            code, out, err = await self.bench("--json", "-c", "2", "--reconnect", "1", "-n", "12", "-e", endpoint, *options)
+            summary = json.loads(out)
+            self.assertEqual((code, err, summary["messages"], summary["connectionsMade"]), (0, "", 12, 12), options)
+            self.assertEqual(factory.served, 12)
+        code, out, err = await self.bench(
+            "--json", "-c", "1", "--reconnect", "2", "-n", "12", "-e", f"unix:{path}", "-f", "length", "--suffix", "SB"
+        )
+        summary = json.loads(out)
+        self.assertEqual((code, err, summary["messages"], summary["connectionsMade"]), (0, "", 12, 6))
+        self.assertEqual(unix.served, 6)
+
+    async def test_distinctMessages(self) -> None:
+        """
+        Each new connection starts one message further into the period, so
+        that connections open at once do not all send the same message.
+        """
+        self.patch(FirstMessages, "firsts", [])
+        port = self.listen(Factory.forProtocol(FirstMessages))
+        code, out, err = await self.bench("--json", "-c", "1", "--reconnect", "1", "-n", "5", "127.0.0.1", port)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(len(set(FirstMessages.firsts)), 5)
+
+    async def test_serverClosesAfterEachReply(self) -> None:
+        """
+        With C{--reconnect 1}, a server that closes the connection once it
+        has answered does nothing wrong.
+        """
+        port = self.listen(Factory.forProtocol(ClosingEcho))
+        code, out, err = await self.bench("--json", "-c", "2", "--reconnect", "1", "-n", "20", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, err, summary["messages"], summary["failedConnections"]), (0, "", 20, 0))
+
+    async def test_serverClosesEarly(self) -> None:
+        """
+        A server that closes a connection before its last reply: that
+        connection counts as failed, its message in flight as unanswered,
+        and a new connection takes its place.
+        """
+        port = self.listen(Factory.forProtocol(ClosingEcho))
+        code, out, err = await self.bench(
+            "--json", "-c", "1", "-k", "1", "--reconnect", "3", "-n", "9", "127.0.0.1", port
+        )
+        summary = json.loads(out)
+        # Each connection: one reply, then its second message unanswered;
+        # the ninth message goes to a fifth connection, answered.
+        self.assertEqual(
+            (code, summary["messages"], summary["unanswered"], summary["failedConnections"], summary["connectionsMade"]),
+            (1, 5, 4, 4, 5),
+        )
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn("4 failed connections", err)
+
+    async def test_wrongByte(self) -> None:
+        """
+        A wrong byte in a reply counts as one wrong reply, on every
+        connection that gets one.
+        """
+        port = self.listen(Factory.forProtocol(CorruptingEcho))
+        # Stream offset 100: the second 64-byte reply of each connection.
+        code, out, err = await self.bench(
+            "--json", "-c", "1", "--reconnect", "2", "-n", "10", "127.0.0.1", port
+        )
+        summary = json.loads(out)
+        self.assertEqual((code, summary["messages"], summary["errors"], summary["connectionsMade"]), (1, 10, 5, 5))
+        self.assertEqual(err, "tcplab bench: 5 wrong replies (do --framing and --suffix match the server's?)\n")
+
+    async def test_serverGone(self) -> None:
+        """
+        Once the server stops listening, a connection that cannot be made
+        is not replaced: the run ends without waiting for its duration, and
+        exits 1.
+        """
+        listening = []
+
+        class StopAfterThree(Factory):
+            protocol = ClosingEcho
+            served = 0
+
+            def buildProtocol(self, addr):
+                self.served += 1
+                if self.served == 3:
+                    listening[0].stopListening()
+                return super().buildProtocol(addr)
+
+        listening.append(reactor.listenTCP(0, StopAfterThree(), interface="127.0.0.1"))
+        port = str(listening[0].getHost().port)
+        code, out, err = await self.bench("--json", "-c", "1", "--reconnect", "1", "-d", "20", "127.0.0.1", port)
+        summary = json.loads(out)
+        self.assertEqual((code, summary["messages"]), (1, 3))
+        self.assertLess(summary["seconds"], 10)
+        self.assertGreaterEqual(summary["failedConnections"], 1)
+        self.assertEqual(len(err.splitlines()), 1)
+
+
 class BenchOptionsTests(SynchronousTestCase):
     """
     L{BenchOptions} checks the command line.
@@ -511,6 +750,10 @@ class BenchOptionsTests(SynchronousTestCase):
             (["--suffix", "SB", "-k", "2"], "--suffix in raw framing needs --pipeline 1: the server suffixes each read"),
             (["-d", "1", "-n", "5"], "not both"),
             (["-c", "0"], "--connections: must be at least 1, got 0"),
+            (["--reconnect", "0"], "--reconnect: must be at least 1, got 0"),
+            (["-e", "unix:/tmp/echo.sock", "--bind", "127.0.0.1"], "--bind: a UNIX socket has no source address"),
+            (["--bind", "::1"], "--bind: cannot connect from '::1' to an IPv4 address"),
+            (["--bind", "192.0.2.1"], "--bind: cannot connect from '192.0.2.1' to an IPv4 address"),
             (["-k", "many"], "--pipeline: invalid number 'many'"),
             (["-c", "2", "-p", "3"], "--processes must not exceed --connections"),
             (["--size", str(2**40)], "--size must be at most"),

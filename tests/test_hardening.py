@@ -159,6 +159,23 @@ class CloseTests(SynchronousTestCase):
         protocol.readConnectionLost()
         self.assertTrue(transport.disconnecting)
 
+    def test_peerHalfClosedWithRepliesUnsent(self) -> None:
+        """
+        A peer that shuts its write side down, on a transport whose queue
+        cannot be seen (anything but plain TCP): the transport is asked to
+        close once its replies are flushed, and the connection is aborted
+        if it is not closed within C{closeTimeout} (a peer that never reads).
+        """
+        clock = Clock()
+        protocol, transport = connect(EchoServerFactory(reactor=clock, closeTimeout=3))
+        protocol.dataReceived(b"reply")
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [3.0])
+        clock.advance(3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertTrue(protocol._closing)
+
     def test_tooLongKeepsItsRepliesInFlight(self) -> None:
         """
         After an overlong line, the replies to the lines before it may still
@@ -338,6 +355,22 @@ class LimitTests(SynchronousTestCase):
         _, again = connect(factory, address("10.0.0.9", 2))
         self.assertFalse(again.disconnecting)
         self.assertEqual(factory._perPeer, {"10.0.0.9": 1})
+
+    def test_noPerPeerCountWithoutTheLimit(self) -> None:
+        """
+        Without a per-peer limit no per-peer count is kept, and the
+        connection limit still counts every connection open.
+        """
+        factory = EchoServerFactory(maxConnections=2, reactor=Clock())
+        first, _ = connect(factory, address("10.0.0.1", 1))
+        connect(factory, address("10.0.0.1", 2))
+        _, refused = connect(factory, address("10.0.0.2", 1))
+        self.assertEqual(factory._perPeer, {})
+        self.assertTrue(refused.disconnecting)
+        lose(first)
+        _, again = connect(factory, address("10.0.0.2", 2))
+        self.assertFalse(again.disconnecting)
+        self.assertEqual((factory.served, factory.refused), (3, 1))
 
 
 class DrainTests(SynchronousTestCase):

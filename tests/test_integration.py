@@ -204,3 +204,88 @@ class DirectSendTests(TestCase):
         await factory.drain()
         self.assertIn(True, queued, "no direct send was ever cut short")
         self.assertTrue(pauses, "reading never paused")
+
+
+class HalfClosingClient(Protocol):
+    """
+    Sends C{payload}, shuts its write side, and fires C{done} with
+    everything received once the server closes the connection.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+class HalfCloseTests(TestCase):
+    """
+    A client that shuts its write side down gets its whole echo, then EOF.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.closedDuringReadLost: list[bool] = []
+        self.timers: list[EchoProtocol] = []
+        readConnectionLost, abortLater = EchoProtocol.readConnectionLost, EchoProtocol._abortLater
+
+        def recordClose(protocol: EchoProtocol) -> None:
+            readConnectionLost(protocol)
+            self.closedDuringReadLost.append(protocol.factory is not None and protocol not in protocol.factory.connections)
+
+        def recordTimer(protocol: EchoProtocol, timeout: float | None = None) -> None:
+            self.timers.append(protocol)
+            abortLater(protocol, timeout)
+
+        self.patch(EchoProtocol, "readConnectionLost", recordClose)
+        self.patch(EchoProtocol, "_abortLater", recordTimer)
+
+    async def echo(self, payload: bytes, pauseFor: float = 0.0) -> bytes:
+        """
+        @return: what a L{HalfClosingClient} sending C{payload} received,
+            not reading for C{pauseFor} seconds first.
+        """
+        factory = EchoServerFactory()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        client = HalfClosingClient(payload)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(Factory.forProtocol(lambda: client))
+        if pauseFor:
+            client.transport.pauseProducing()
+            await deferLater(reactor, pauseFor)
+            client.transport.resumeProducing()
+        received = await client.done
+        await factory.drain()
+        return received
+
+    async def test_repliesSentClosesAtOnce(self) -> None:
+        """
+        When every reply is with the kernel already, the server closes the
+        connection in the same reactor turn as it reads the EOF (as Twisted
+        closes a protocol that does not half-close): no turn waiting for
+        writability, no abort timer.  This relies on Twisted's TCP
+        transport (C{dataBuffer}, C{_tempDataLen}, C{connectionLost}): if a
+        Twisted release changes them, this test fails.
+        """
+        self.assertEqual(await self.echo(b"hello"), b"hello")
+        self.assertEqual((self.closedDuringReadLost, self.timers), ([True], []))
+
+    async def test_notReadingThenHalfClosing(self) -> None:
+        """
+        A client that sends 8 MiB, shuts its write side and reads nothing
+        for half a second (the server's replies fill the buffers, and its
+        reading pauses) still gets every byte, then EOF.
+        """
+        payload = random.Random(3).randbytes(8 * 1024 * 1024)
+        self.assertEqual(await self.echo(payload, pauseFor=0.5), payload)

@@ -175,7 +175,7 @@ class BudgetTests(SynchronousTestCase):
         Messages not logged when the connection closes are counted at once,
         before the disconnect line, and no timer is left behind.
         """
-        protocol, _, clock = self.connect()
+        protocol, _, clock = self.connect(logConnections=True)
         with capturedLogs() as events:
             protocol.dataReceived(b"\n" * (self.budget + 7))
             protocol.connectionLost(Failure(ConnectionDone()))

@@ -143,15 +143,28 @@ class CommandLineTests(SynchronousTestCase):
     def test_lessonOnce(self) -> None:
         """
         C{--suffix SB --once} answers like the lesson's first server (C{你好}
-        becomes C{你好SB}), logs the message, and exits 0 after that one
-        connection.
+        becomes C{你好SB}), logs the message and (with C{--log-connections})
+        the connection, and exits 0 after that one connection.
         """
-        server = ServerProcess("--suffix", "SB", "--once", "--log-messages")
+        server = ServerProcess("--suffix", "SB", "--once", "--log-messages", "--log-connections")
         assertLessonOnce(self, server)
         output = "".join(server.output)
-        self.assertIn("connection from 127.0.0.1:", output)
         self.assertIn("message from 127.0.0.1:", output)
         self.assertIn("你好", output)
+        self.assertRegex(
+            output, r"127\.0\.0\.1:\d+ disconnected after [\d,.]+ ms, 6 B in, 8 B out: Connection was closed cleanly\."
+        )
+
+    def test_connectionsNotLoggedByDefault(self) -> None:
+        """
+        Without C{--log-connections} no line is logged per connection, and
+        the stop summary still counts the connection served.
+        """
+        server = ServerProcess("--suffix", "SB", "--once")
+        assertLessonOnce(self, server)
+        output = "".join(server.output)
+        self.assertNotIn("disconnected", output)
+        self.assertIn("tcplab stopped: served 1 connection (0 refused, 0 open)", output)
 
     def test_twistd(self) -> None:
         """

@@ -10,6 +10,7 @@ import struct
 import subprocess
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -69,13 +70,14 @@ class ProxyHeaderTests(SynchronousTestCase):
         address: the log and the per-peer count use it, not the proxy's.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, logConnections=True, maxPerPeer=10)
         with capturedLogs() as events:
             protocol, transport = connect(factory, clock)
             protocol.dataReceived(v1("192.0.2.7", 4242) + b"hello")
+            self.assertEqual(factory._perPeer, {"192.0.2.7": 1})
+            protocol.connectionLost(connectionDone)
         self.assertEqual(transport.value(), b"hello")
-        self.assertIn("connection from 192.0.2.7:4242", messages(events))
-        self.assertEqual(factory._perPeer, {"192.0.2.7": 1})
+        self.assertIn("192.0.2.7:4242 disconnected after 0.0 ms, 5 B in, 5 B out: Connection was closed cleanly.", messages(events))
 
     def test_v2ClientAddress(self) -> None:
         """
@@ -83,7 +85,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         16 bytes, which Twisted's own wrapper gives up on) works as well.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, maxPerPeer=10)
         protocol, transport = connect(factory, clock)
         for byte in v2("198.51.100.9", 5151) + b"hi":
             protocol.dataReceived(bytes([byte]))
@@ -178,10 +180,11 @@ class ProxyHeaderTests(SynchronousTestCase):
         the log escaped.
         """
         clock = Clock()
-        factory = EchoServerFactory(reactor=clock)
+        factory = EchoServerFactory(reactor=clock, logConnections=True)
         with capturedLogs() as events:
             protocol, transport = connect(factory, clock)
             protocol.dataReceived(b"PROXY TCP4 1.2.3.4\x1b]0;owned\x07 127.0.0.1 1 2\r\n")
+            protocol.connectionLost(connectionDone)
         logged = messages(events)
         self.assertTrue(transport.disconnecting)
         self.assertIn(
@@ -290,7 +293,7 @@ class ProxyListenerTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.server = ServerProcess("--framing", "line", "--max-per-peer", "1",
+        self.server = ServerProcess("--framing", "line", "--max-per-peer", "1", "--log-connections",
                                     listen="haproxy:tcp:0:interface=127.0.0.1")
         self.addCleanup(self.server.stop)
 
@@ -314,8 +317,6 @@ class ProxyListenerTests(SynchronousTestCase):
         self.server.waitForLog("192.0.2.11:2222 disconnected")
         self.server.waitForLog("192.0.2.10:1111 disconnected")
         log = self.server.log()
-        self.assertIn("connection from 192.0.2.10:1111", log)
-        self.assertIn("connection from 192.0.2.11:2222", log)
         self.assertIn("refused 192.0.2.10:1112: too many connections", log)
         self.assertIn("(TCP over IPv4, PROXY protocol; line framing)", log)
         self.assertNotRegex(log, r"connection from 127\.0\.0\.1")

@@ -144,28 +144,31 @@ class ReadmeTests(SynchronousTestCase):
 
     def test_measuringCommands(self) -> None:
         """
-        The C{tcplab bench} example measures the README's own server (the
-        set-up's C{twist tcplab} options; a free port instead of 8081, one
-        second instead of five) without a wrong reply; the benchmark suite's
-        command describes itself.
+        The C{tcplab bench} examples (long connections, and one message per
+        connection) measure the README's own server (the set-up's C{twist
+        tcplab} options; a free port instead of 8081, one second instead of
+        five) without a wrong reply; the benchmark suite's command describes
+        itself.
         """
-        bench, suite = [line.split("#")[0].strip() for line in blocks("sh")[4].splitlines()]
-        words = shlex.split(bench)
-        self.assertEqual((words[:2], words[-2:]), (["tcplab", "bench"], ["127.0.0.1", "8081"]))
-        self.assertIn("--duration", words)
+        *benches, suite = [line.split("#")[0].strip() for line in blocks("sh")[4].splitlines()]
+        self.assertEqual(len(benches), 2)
         serverArgs = shlex.split(blocks("sh")[0].split("twist tcplab", 1)[1])
-        server = ServerProcess(*serverArgs)
-        try:
-            words[-1] = str(server.port)
-            words[words.index("--duration") + 1] = "1"
-            result = subprocess.run(
-                [sys.executable, "-m", "tcplab", *words[1:]],
-                capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            server.stop()
-        self.assertEqual((result.returncode, result.stderr), (0, ""))
-        self.assertIn("0 wrong replies, 0 split replies, 0 unanswered", result.stdout)
+        for bench in benches:
+            words = shlex.split(bench)
+            self.assertEqual((words[:2], words[-2:]), (["tcplab", "bench"], ["127.0.0.1", "8081"]))
+            self.assertIn("--duration", words)
+            server = ServerProcess(*serverArgs)
+            try:
+                words[-1] = str(server.port)
+                words[words.index("--duration") + 1] = "1"
+                result = subprocess.run(
+                    [sys.executable, "-m", "tcplab", *words[1:]],
+                    capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL,
+                )
+            finally:
+                server.stop()
+            self.assertEqual((result.returncode, result.stderr), (0, ""), bench)
+            self.assertIn("0 wrong replies, 0 split replies, 0 unanswered", result.stdout)
         result = subprocess.run(
             [sys.executable, *shlex.split(suite)[1:], "--help"],
             capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=60,

@@ -11,7 +11,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -280,14 +280,93 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual([e["dropped"] for e in events if "dropped" in e], [5])
 
-    def test_logsConnectAndDisconnect(self) -> None:
+    def test_logsConnection(self) -> None:
         """
-        Connects and disconnects are logged with the peer's address.
+        With C{logConnections}, each connection is logged in one line when it
+        closes: the peer's address, how long it lasted, the bytes in and
+        out and why it closed, each also a field of the event.
         """
+        factory = serverFactory(logConnections=True)
         with capturedLogs() as events:
-            protocol, transport = connect(serverFactory())
+            protocol, transport = connect(factory)
+            protocol.dataReceived(b"x" * 1500)
+            factory.reactor.advance(1.25)
             protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual([e.get("peer") for e in events if "peer" in e], ["127.0.0.1:40000"] * 2)
+        [event] = events
+        self.assertEqual(
+            formatEvent(event),
+            "127.0.0.1:40000 disconnected after 1,250.0 ms, 1,500 B in, 1,500 B out: Connection was closed cleanly.",
+        )
+        self.assertEqual(
+            (event["peer"], event["milliseconds"], event["bytesIn"], event["bytesOut"]),
+            ("127.0.0.1:40000", 1250.0, 1500, 1500),
+        )
+
+    def test_connectionLogBudget(self) -> None:
+        """
+        At most C{logConnectionsPerSecond} connections are logged a second;
+        the others are counted, and one line says how many once the second
+        is over; stopping says it at once.
+        """
+        factory = serverFactory(logConnections=True, logConnectionsPerSecond=2)
+
+        def serveOne() -> None:
+            protocol, _ = connect(factory)
+            protocol.connectionLost(Failure(ConnectionDone()))
+
+        with capturedLogs() as events:
+            for _ in range(5):
+                serveOne()
+            self.assertEqual(len(events), 2)
+            factory.reactor.advance(1)
+            serveOne()
+            serveOne()
+            serveOne()
+            factory.stopFactory()
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines[2], "3 more connections closed not logged")
+        self.assertEqual(events[2]["count"], 3)
+        self.assertEqual(len([line for line in lines if "disconnected" in line]), 4)
+        self.assertEqual(lines[-1], "1 more connection closed not logged")
+        self.assertEqual(factory.reactor.getDelayedCalls(), [])
+
+    def test_connectionLogUnlimited(self) -> None:
+        """
+        With C{logConnectionsPerSecond=0} every connection is logged.
+        """
+        factory = serverFactory(logConnections=True, logConnectionsPerSecond=0)
+        with capturedLogs() as events:
+            for _ in range(2000):
+                protocol, _ = connect(factory)
+                protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(events), 2000)
+
+    def test_connectionsNotLoggedByDefault(self) -> None:
+        """
+        By default a connection served logs nothing, but it is counted.
+        """
+        factory = serverFactory()
+        with capturedLogs() as events:
+            protocol, transport = connect(factory)
+            protocol.dataReceived(b"hello")
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(events, [])
+        self.assertEqual(factory.stats(), (1, 0, 0, 5, 5))
+
+    def test_refusalsLoggedByDefault(self) -> None:
+        """
+        A connection refused by a limit is logged even when connections are
+        not, and counted as refused.
+        """
+        factory = serverFactory(framing="line", maxConnections=1)
+        first, _ = connect(factory)
+        with capturedLogs() as events:
+            connect(factory)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["refused 127.0.0.1:40000: server busy (1 connection); try again later"],
+        )
+        self.assertEqual((factory.served, factory.refused), (1, 1))
 
     def test_logMessages(self) -> None:
         """

@@ -86,6 +86,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-length"], defaults.MAX_LENGTH)
         self.assertIsNone(options["udp"])
         self.assertFalse(options["once"])
+        self.assertFalse(buildService(options, MemoryReactorClock()).factory.logConnections)
 
     def test_values(self) -> None:
         """
@@ -95,7 +96,7 @@ class OptionsTests(SynchronousTestCase):
             "--listen", "tcp:0:interface=127.0.0.1", "-l", "tcp6:0:interface=\\:\\:1",
             "--framing", "line", "--suffix", "好", "--max-length", "10",
             "--udp", "9000", "--once", "--log-messages", "--close-timeout", "2.5",
-            "--proxy-header-timeout", "4",
+            "--proxy-header-timeout", "4", "--log-connections",
         )
         self.assertEqual(options["listen"], ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"])
         self.assertEqual(options["framing"], "line")
@@ -105,7 +106,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(options["once"])
         self.assertTrue(options["log-messages"])
         self.assertEqual((options["close-timeout"], options["proxy-header-timeout"]), (2.5, 4.0))
-        self.assertEqual(buildService(options, MemoryReactorClock()).factory.closeTimeout, 2.5)
+        factory = buildService(options, MemoryReactorClock()).factory
+        self.assertEqual((factory.closeTimeout, factory.logConnections), (2.5, True))
+        self.assertEqual(factory.logConnectionsPerSecond, defaults.LOG_CONNECTIONS_PER_SECOND)
+        unlimited = parse("--log-connections", "--log-connections-per-second", "0")
+        self.assertEqual(buildService(unlimited, MemoryReactorClock()).factory.logConnectionsPerSecond, 0)
 
     def test_badValues(self) -> None:
         """

@@ -219,7 +219,7 @@ def logFlood(size: int = 2 * MiB, bound: float = 20) -> str:
     --log-messages} and reads its echo (for at most C{bound} seconds) while
     another client pings on its own connection.
     """
-    server = ServerProcess("--framing", "line", "--log-messages")
+    server = ServerProcess("--framing", "line", "--log-messages", "--log-connections")
     try:
         process = psutil.Process(server.process.pid)
         logBefore, cpuBefore = len(server.log()), _serverCpu(process)
