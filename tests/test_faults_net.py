@@ -241,12 +241,13 @@ class CompositionTests(SynchronousTestCase):
         Behind a PROXY-protocol listener the fault layer sees the connection
         after its header, and the log names the client's address.
         """
-        with runningEchoServer(listen="haproxy:tcp:0:interface=127.0.0.1", delay=0.2) as server, connect(server.address) as client:
-            client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nhello")
-            reply, elapsed = timed(lambda: client.recv(100))
-            self.assertEqual(reply, b"hello")
-            self.assertTrue(0.2 <= elapsed < 3, elapsed)
-            self.assertIn("connection from 192.0.2.7:5555", server.log())
+        with runningEchoServer(listen="haproxy:tcp:0:interface=127.0.0.1", delay=0.2, logMessages=True) as server:
+            with connect(server.address) as client:
+                client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nhello")
+                reply, elapsed = timed(lambda: client.recv(100))
+                self.assertEqual(reply, b"hello")
+                self.assertTrue(0.2 <= elapsed < 3, elapsed)
+            self.assertIn("message from 192.0.2.7:5555: hello", server.log())
 
 
 class DropTests(SynchronousTestCase):
@@ -296,12 +297,12 @@ class DrainTests(SynchronousTestCase):
         On SIGTERM, a reply delayed by C{--delay 1} still goes out, then the
         connection closes and the server exits 0.
         """
-        server = ServerProcess("--delay", "1")
+        server = ServerProcess("--delay", "1", "--log-messages")
         self.addCleanup(server.stop)
         with connect(("127.0.0.1", server.port)) as client:
             started = time.monotonic()
             client.sendall(b"in flight")
-            server.waitForLog("connection from")
+            server.waitForLog("message from")
             server.process.send_signal(signal.SIGTERM)
             self.assertEqual(b"".join(readAll(client, 100)), b"in flight")
             self.assertTrue(1 <= time.monotonic() - started < 8)
