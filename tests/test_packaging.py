@@ -57,7 +57,7 @@ def sourceCopy(destination: Path) -> Path:
         ROOT,
         destination,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp",
+            ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp*",
             ".hypothesis", ".pytest_cache", ".ruff_cache", "dropin.cache",
         ),
     )
