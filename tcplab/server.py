@@ -89,27 +89,6 @@ class EchoProtocol(Protocol):
     # Made by the first message logged (see _getMessageLog).
     _messageLog: MessageLog | None = None
 
-    # The state of a new connection, until it changes: a connection set up
-    # and torn down in a millisecond assigns only what it uses.
-    bytesIn = 0
-    bytesOut = 0
-    _direct = False
-    _closing = False
-    _draining = False
-    _paused = False
-    _timer: IDelayedCall | None = None
-    _refusal: str | None = None
-    # Times the transport resumed reading: its write buffer drained, so
-    # replies are flowing out even when nothing comes in.
-    _resumes = 0
-    # What the idle check saw last (bytes in plus resumes), and when it changed.
-    _seenActivity = 0
-    _activeAt = 0.0
-    # When the connection was made (clock seconds), for the connection log.
-    _connectedAt: float | None = None
-    # What the drain check saw last of bytesIn.
-    _seenBytesIn = 0
-
     def __init__(
         self,
         suffix: bytes = b"",
@@ -127,7 +106,29 @@ class EchoProtocol(Protocol):
         self.logMessagesPerSecond = logMessagesPerSecond
         self.clock = clock
         self.closeTimeout = closeTimeout
+        self.bytesIn = 0
+        self.bytesOut = 0
         self._decoder = decoderFor(self.framing, maxLength)
+        # Every attribute is set here, always in this order: CPython then
+        # shares one key table between all the protocols' dictionaries, which
+        # an attribute first set later, in an order that depends on events,
+        # would undo (about 0.7 KiB more per idle connection).
+        self._direct = False
+        self._closing = False
+        self._draining = False
+        self._paused = False
+        self._timer: IDelayedCall | None = None
+        self._refusal: str | None = None
+        # Times the transport resumed reading: its write buffer drained, so
+        # replies are flowing out even when nothing comes in.
+        self._resumes = 0
+        # What the idle check saw last (bytes in plus resumes), and when it changed.
+        self._seenActivity = 0
+        self._activeAt = 0.0
+        # What the drain check saw last of bytesIn.
+        self._seenBytesIn = 0
+        # When the connection was made (clock seconds), for the connection log.
+        self._connectedAt: float | None = None
 
     @property
     def peer(self) -> str:

@@ -1,0 +1,60 @@
+"""
+Tests for the benchmark runner's churn tables and options (not for figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from benchmarks import run_all
+
+
+def summary(rate: float, cpuPerConnection: float) -> dict:
+    """
+    @return: the parts of a bench summary (plus the server CPU the harness
+        adds) that the churn tables read.
+    """
+    latency = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+    return {
+        "connectionsPerSecond": rate,
+        "messagesPerSecond": rate,
+        "latencyMs": latency,
+        "connectLatencyMs": latency,
+        "serverCpu": rate * cpuPerConnection,
+        "serverCpuPerConnection": cpuPerConnection,
+    }
+
+
+class ChurnTablesTests(SynchronousTestCase):
+    """
+    L{run_all.churnTables} gives each server's connection rate and CPU per
+    connection, and both ratios of tcplab to each anchor.
+    """
+
+    def test_ratios(self) -> None:
+        """
+        The rate ratio is tcplab's over the anchor's; the CPU ratio is the
+        anchor's CPU per connection over tcplab's, so that more than 1x is
+        better for tcplab in both.
+        """
+        text = run_all.churnTables(
+            {"tcplab-raw": summary(20_000, 45e-6), "wire-echo": summary(16_000, 50e-6)},
+            run_all.OURS,
+            run_all.ANCHORS,
+        )
+        rate, cost = text.split("server CPU per connection")
+        self.assertRegex(rate, r"\| tcplab raw +\| 1\.25x +\|")
+        self.assertRegex(cost, r"\| tcplab raw +\| 1\.11x +\|")
+        self.assertRegex(text, r"\| tcplab raw +\| 20,000 .*\| 90% +\| 45 +\|")
+
+    def test_unknownScenario(self) -> None:
+        """
+        C{--scenarios} names only scenarios the runner has.
+        """
+        with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit) as exit:
+            run_all.main(["--scenarios", "ping-pong,marathon"])
+        self.assertEqual(exit.exception.code, 2)
+        self.assertIn("unknown scenario 'marathon'", err.getvalue())
