@@ -7,6 +7,7 @@ L{twisted.internet.testing.StringTransport} in a unit test.
 
 from __future__ import annotations
 
+import typing
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -508,6 +509,25 @@ class LengthEchoProtocol(EchoProtocol):
         return b"".join(parts)
 
 
+class SharedLimits(typing.Protocol):
+    """
+    Connection limits counted across processes (L{tcplab.workers}).
+    """
+
+    def acquire(self, host: str) -> str | None:
+        """
+        Count one more connection from C{host}, if the limits allow it.
+
+        @return: L{None} if counted; else C{"busy"} (C{maxConnections}
+            reached) or C{"peer"} (C{maxPerPeer} reached for C{host}).
+        """
+
+    def release(self, host: str) -> None:
+        """
+        Count one connection from C{host} less.
+        """
+
+
 class ServerStats(NamedTuple):
     """
     What a server has done so far.
@@ -571,6 +591,7 @@ class EchoServerFactory(Factory):
         maxServed: int | None = None,
         closeTimeout: float = defaults.CLOSE_TIMEOUT,
         reactor: IReactorTime | None = None,
+        sharedLimits: SharedLimits | None = None,
     ) -> None:
         """
         @param framing: C{"raw"}, C{"line"} or C{"length"}.
@@ -597,6 +618,9 @@ class EchoServerFactory(Factory):
             counts against C{maxConnections} or C{maxPerPeer}: it is served
             no more, and it is gone within this time.
         @param reactor: the clock for timeouts; the global reactor if L{None}.
+        @param sharedLimits: C{maxConnections} and C{maxPerPeer} as other
+            processes count them too (L{tcplab.workers}): a connection within
+            this factory's own counts must be admitted by them as well.
         @raise ValueError: for an unknown framing, a suffix that breaks it
             (see L{checkSuffix}), or an impossible limit.
         """
@@ -624,6 +648,7 @@ class EchoServerFactory(Factory):
         self.maxServed = maxServed
         self.closeTimeout = closeTimeout
         self._reactor = reactor
+        self.sharedLimits = sharedLimits
         self.connections: set[EchoProtocol] = set()
         self.served = 0
         self.refused = 0
@@ -699,6 +724,8 @@ class EchoServerFactory(Factory):
         assert protocol.transport is not None
         host = _hostOf(protocol.transport.getPeer())
         reason = self._refusal(host)
+        if reason is None and self.sharedLimits is not None:
+            reason = self._reasons.get(self.sharedLimits.acquire(host))
         if reason is not None:
             self.refused += 1
             return reason
@@ -718,6 +745,8 @@ class EchoServerFactory(Factory):
             self._perPeer[host] -= 1
             if not self._perPeer[host]:
                 del self._perPeer[host]
+            if self.sharedLimits is not None:
+                self.sharedLimits.release(host)
 
     def connectionClosed(self, protocol: EchoProtocol) -> None:
         """
@@ -819,10 +848,18 @@ class EchoServerFactory(Factory):
         if self.maxConnections and (
             len(self._hosts) >= self.maxConnections or len(self.connections) >= 2 * self.maxConnections
         ):
-            return f"server busy ({plural(self.maxConnections, 'connection')}); try again later"
+            return self._reasons["busy"]
         if self.maxPerPeer and self._perPeer.get(host, 0) >= self.maxPerPeer:
-            return f"too many connections from your address (limit {self.maxPerPeer})"
+            return self._reasons["peer"]
         return None
+
+    @property
+    def _reasons(self) -> dict[str | None, str]:
+        # What a refused peer is told, by the limit that refused it.
+        return {
+            "busy": f"server busy ({plural(self.maxConnections, 'connection')}); try again later",
+            "peer": f"too many connections from your address (limit {self.maxPerPeer})",
+        }
 
     def _isServed(self) -> bool:
         return self.maxServed is not None and self.served >= self.maxServed and not self.connections

@@ -339,6 +339,51 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(again.disconnecting)
         self.assertEqual(factory._perPeer, {"10.0.0.9": 1})
 
+    def test_sharedLimitsRefuse(self) -> None:
+        """
+        Within its own limits, a factory with C{sharedLimits} (other
+        processes' counts) serves only what they admit, and tells the peer
+        which limit refused it.
+        """
+        shared = RecordingLimits(answers=["peer", "busy"])
+        factory = EchoServerFactory(framing="line", maxConnections=5, maxPerPeer=2, reactor=Clock(), sharedLimits=shared)
+        _, perPeer = connect(factory, address("10.0.0.1", 1))
+        _, busy = connect(factory, address("10.0.0.1", 2))
+        self.assertEqual(perPeer.value(), b"error: too many connections from your address (limit 2)\n")
+        self.assertEqual(busy.value(), b"error: server busy (5 connections); try again later\n")
+        self.assertEqual((factory.refused, shared.held), (2, []))
+
+    def test_sharedLimitsCounted(self) -> None:
+        """
+        A connection served is counted in C{sharedLimits} by its host, and
+        released from them when it closes.
+        """
+        shared = RecordingLimits(answers=[None])
+        factory = EchoServerFactory(reactor=Clock(), sharedLimits=shared)
+        protocol, _ = connect(factory, address("10.0.0.1", 1))
+        self.assertEqual(shared.held, ["10.0.0.1"])
+        lose(protocol)
+        self.assertEqual(shared.held, [])
+
+
+class RecordingLimits:
+    """
+    A L{tcplab.server.SharedLimits} giving set answers and recording what it holds.
+    """
+
+    def __init__(self, answers: list[str | None]) -> None:
+        self.answers = answers
+        self.held: list[str] = []
+
+    def acquire(self, host: str) -> str | None:
+        answer = self.answers.pop(0)
+        if answer is None:
+            self.held.append(host)
+        return answer
+
+    def release(self, host: str) -> None:
+        self.held.remove(host)
+
 
 class DrainTests(SynchronousTestCase):
     """
