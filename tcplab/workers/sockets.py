@@ -40,7 +40,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from tcplab.tap import endpointKind, withBacklog
@@ -288,7 +287,10 @@ class AdoptingReactor:
     def listenSSL(
         self, port: Any, factory: Factory, contextFactory: Any, backlog: int = 50, interface: str = ""
     ) -> IListeningPort:
-        # As the reactor's listenSSL does: TLS in memory, over TCP.
+        # As the reactor's listenSSL does: TLS in memory, over TCP.  (Imported
+        # here: it needs pyOpenSSL, the optional "tls" extra.)
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
         return adopt(self._reactor, self._fileno, self._family, TLSMemoryBIOFactory(contextFactory, False, factory))
 
     def listenUNIX(
