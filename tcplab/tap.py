@@ -96,14 +96,14 @@ class Options(coerce.CommandOptions):
             "max-connections",
             None,
             defaults.MAX_CONNECTIONS,
-            "Connections open at once; more are refused (0: no limit).",
+            "Connections open at once; more are refused (0: no limit); with --workers, in all workers together.",
             coerce.count,
         ],
         [
             "max-per-peer",
             None,
             defaults.MAX_PER_PEER,
-            "Connections one peer address may hold open at once (0: no limit).",
+            "Connections one peer address may hold open at once (0: no limit); with --workers, in all workers together.",
             coerce.count,
         ],
         [
@@ -125,9 +125,9 @@ class Options(coerce.CommandOptions):
             "workers",
             None,
             1,
-            "Worker processes serving every TCP listener (0 or auto: one per CPU); "
-            "with more than one, --max-connections and --max-per-peer hold for them all "
-            "together (see docs/deploy.md).",
+            "Worker processes serving every TCP listener, each its own SO_REUSEPORT socket "
+            "(UNIX and systemd sockets shared), under a supervisor that replaces one that dies "
+            "(0 or auto: one per CPU; 1: no supervisor).",
             coerce.workers,
         ],
         [

@@ -153,6 +153,83 @@ class SupervisionTests(WorkerTestCase):
         self.stopServer(server)
 
 
+    def test_terminalSignalsLeftToTheSupervisor(self) -> None:
+        """
+        SIGINT and SIGHUP, which a terminal sends to every process of its
+        group, leave a worker serving: the supervisor handles them.
+        """
+        server = self.startServer()
+        pids = workerPids(server)
+        for number in (signal.SIGINT, signal.SIGHUP):
+            os.kill(pids[0], number)
+        time.sleep(1)
+        for _ in range(10):
+            self.assertEqual(echo(server.port), b"hi")
+        output = self.stopServer(server)
+        self.assertNotIn("starting another", output)
+
+    def test_supervisorKilled(self) -> None:
+        """
+        Workers whose supervisor is killed (end of file on their control
+        pipe) drain and exit, rather than serve on as orphans.
+        """
+        server = self.startServer()
+        pids = workerPids(server)
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertFalse([pid for pid in pids.values() if _alive(pid)])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (not reaped by its dead parent yet) has exited.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class StartFailureTests(SynchronousTestCase):
+    """
+    A worker that exits before the server has ever served ends the server
+    with a failure, rather than being restarted for ever.
+    """
+
+    def test_workerFailsAtStart(self) -> None:
+        from twisted.internet.error import ProcessTerminated
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import capturedLogs
+        from twisted.python.failure import Failure
+
+        from tcplab.workers.supervisor import Supervisor, WorkerProcess
+
+        options = Options()
+        options.parseOptions(["--workers", "2"])
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        supervisor = Supervisor(options, reactor)
+        statuses: list[int] = []
+        supervisor.exitWith = statuses.append
+        worker = WorkerProcess(supervisor, 1)
+        worker.pid, worker.lastError = 4321, "tcplab: cannot listen on ...: Permission denied"
+        supervisor.workers = {1: worker}
+        with capturedLogs() as events:
+            supervisor.workerEnded(worker, Failure(ProcessTerminated(exitCode=1)))
+        self.assertTrue(reactor.hasStopped)
+        [event] = [event for event in events if event.get("log_level").name == "error"]
+        self.assertEqual(
+            event["log_format"].format(**event),
+            "tcplab: worker 1 exited with status 1 before it served: tcplab: cannot listen on ...: Permission denied",
+        )
+        supervisor.stopService()
+        self.assertEqual(statuses, [1])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
 class DrainTests(WorkerTestCase):
     """
     SIGTERM, SIGINT or SIGHUP: every worker stops accepting at once,
@@ -424,6 +501,18 @@ class ListenerKindTests(WorkerTestCase):
         self.assertEqual(echo(server.port), b"hiSB")
         output = self.stopServer(server)
         self.assertRegex(output, r"tcplab stopped: served 1 connection .*; UDP: ")
+
+    def test_twistd(self) -> None:
+        """
+        Under C{twistd -n} as under C{twist}: its log holds the workers'
+        events, and SIGTERM drains them.
+        """
+        server = self.startServer("--suffix", "SB", twistd=True)
+        for _ in range(4):
+            self.assertEqual(echo(server.port), b"hiSB")
+        output = self.stopServer(server)
+        self.assertRegex(output, r"\[worker [01]\] connection from 127\.0\.0\.1:")
+        self.assertIn("tcplab stopped: served 4 connections", output)
 
     def test_addressInUse(self) -> None:
         """

@@ -165,6 +165,8 @@ class Supervisor(DrainingService):
         self._restarts: dict[int, IDelayedCall] = {}
         self._allEnded: Deferred[None] | None = None
         self._deadline: IDelayedCall | None = None
+        #: How a failed start-up sets the exit status (replaced in tests).
+        self.exitWith = _exitWith
 
     def privilegedStartService(self) -> None:
         # twistd: bind before shedding privileges (as EchoService does).
@@ -352,7 +354,7 @@ class Supervisor(DrainingService):
             self.table.close()
             self.table = None
         if self._failed:
-            _exitWith(1)
+            self.exitWith(1)
             return
         self._log.info("tcplab stopped: {summary}", summary=self.summary())
 
