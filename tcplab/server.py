@@ -288,15 +288,18 @@ class EchoProtocol(Protocol):
         assert self.transport is not None
         # A registered producer would hold the close back forever.
         self.transport.unregisterProducer()
-        loseWriteConnection = getattr(self.transport, "loseWriteConnection", None)
-        if loseWriteConnection is None:
+        # Half-close only a transport that implements it itself: a wrapper
+        # (Twisted's TLS) finds the TCP socket's loseWriteConnection through
+        # ProtocolWrapper.__getattr__, which would shut TCP under TLS, before
+        # the handshake, the notice and TLS's own close.
+        if getattr(type(self.transport), "loseWriteConnection", None) is None:
             self.transport.loseConnection()
         else:
             # Shut our side once the replies are flushed, and keep reading
             # (dropping what comes) until the peer closes: closing with unread
             # input would reset the connection and could destroy the replies
             # the peer has not read yet.
-            loseWriteConnection()
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
             self.transport.resumeProducing()
         self._abortLater(timeout)
 

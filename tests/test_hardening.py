@@ -134,10 +134,40 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(len(clock.getDelayedCalls()), 1)
 
 
+class WrappingTransport(StringTransport):
+    """
+    A L{StringTransport} that, like Twisted's TLS transport (a
+    C{ProtocolWrapper}), finds the attributes it lacks on the transport under
+    it, C{loseWriteConnection} included.
+    """
+
+    underneathClosed = False
+
+    def __getattr__(self, name: str) -> object:
+        if name == "loseWriteConnection":
+            return self._shutUnderneath
+        raise AttributeError(name)
+
+    def _shutUnderneath(self) -> None:
+        self.underneathClosed = True
+
+
 class CloseTests(SynchronousTestCase):
     """
     Closing delivers every reply, and never waits forever.
     """
+
+    def test_wrapperClosesItself(self) -> None:
+        """
+        On a wrapping transport (TLS), closing asks the wrapper to close (TLS
+        then sends its notice and its close), and never shuts the socket
+        under it directly: that cut TLS connections before their handshake,
+        so a client turned away over TLS never read why.
+        """
+        protocol, transport = connect(EchoServerFactory(framing="line", reactor=Clock()), transportType=WrappingTransport)
+        protocol.close()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.underneathClosed)
 
     def test_lingeringClose(self) -> None:
         """
