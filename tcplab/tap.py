@@ -190,7 +190,13 @@ def _checkEndpoint(description: str) -> None:
     try:
         coerce.checkEndpointPort(serverFromString(MemoryReactor(), description))
     except Exception as error:
-        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
+        reason = str(error)
+        if isinstance(error, (IndexError, KeyError)) and endpointKind(description) == "systemd":
+            # Twisted's bare "list index out of range" or "'echo'".
+            from tcplab import systemd
+
+            reason = systemd.explain(description)
+        raise usage.UsageError(f"invalid endpoint {description!r}: {reason}") from None
 
 
 class ListenFailed(Exception):
