@@ -7,7 +7,9 @@ without the socket it names says why in one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -247,3 +249,159 @@ class SystemdExplanationTests(SynchronousTestCase):
             ],
         )
         self.assertNotIn("Traceback", output)
+
+
+GUIDE = ROOT / "docs" / "deploy.md"
+
+#: The ports the guide uses, each replaced by a free one per block.
+GUIDE_PORTS = ("8081", "8443", "9001", "9002")
+
+#: A background command: C{COMMAND &}, perhaps followed by C{NAME=$!}.
+_BACKGROUND = re.compile(r"^(?P<command>.*?)\s+&(?P<rest>\s+\w+=\$!)?$")
+
+
+def guideBlocks() -> list[list[tuple[str, str]]]:
+    """
+    @return: each C{sh} block of docs/deploy.md as its commands, each with
+        its comment.
+    """
+    blocks = re.findall(r"```sh\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
+    return [
+        [(command.strip(), comment.strip()) for command, _, comment in (line.partition("  #") for line in block.splitlines()) if command.strip()]
+        for block in blocks
+    ]
+
+
+def listeningPorts() -> set[int]:
+    """
+    @return: the TCP ports something listens on (from /proc, without connecting).
+    """
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A":
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class GuideShell:
+    """
+    One bash, fed the guide's commands one at a time in a directory of its
+    own; its background jobs are stopped with it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        env = environment()
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", ""), "/usr/sbin", "/sbin"])
+        self.process = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=directory, env=env, start_new_session=True,
+        )
+        self._count = 0
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str, str]:
+        """
+        Run C{command} in the foreground.
+
+        @return: its exit status, standard output and standard error.
+        """
+        self._count += 1
+        out, err = self.directory / f".out{self._count}", self.directory / f".err{self._count}"
+        marker = f"__done{self._count}"
+        self._send(f"{{ {command} ; }} > {out} 2> {err}; echo {marker} $?")
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{command!r} did not finish in {timeout} s")
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"the shell exited running {command!r}")
+            if line.startswith(marker + " "):
+                return int(line.split()[1]), out.read_text(), err.read_text()
+
+    def background(self, command: str, rest: str, log: str) -> None:
+        """
+        Start C{command} in the background, its output in C{log}.
+        """
+        self._send(f"{command} > {log} 2>&1 &{rest}")
+
+    def _send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        # The shell and every job it started: its own process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class DeployGuideTests(SynchronousTestCase):
+    """
+    docs/deploy.md, followed command for command.
+    """
+
+    def test_guide(self) -> None:
+        """
+        Every C{sh} block runs as written (ports and C{0.0.0.0} replaced, see
+        the guide's introduction), and each command prints what its comment
+        says, or fails with it.
+        """
+        from tests.test_haproxy import configFor, haproxyPath
+
+        haproxyPath()
+        blocks = guideBlocks()
+        self.assertEqual(len(blocks), 5)
+        for number, block in enumerate(blocks, 1):
+            directory = temporaryDirectory(self)
+            ports = {port: str(freePort()) for port in GUIDE_PORTS}
+            (directory / "deploy").mkdir()
+            config = configFor(int(ports["8081"]), [int(ports["9001"]), int(ports["9002"])])
+            (directory / "deploy" / "haproxy.cfg").write_text(config)
+            shell = GuideShell(directory)
+            self.addCleanup(shell.stop)
+            for step, (written, comment) in enumerate(block, 1):
+                command = re.sub(r"\b(8081|8443|9001|9002)\b", lambda m, ports=ports: ports[m.group(1)], written)
+                command = command.replace("interface=0.0.0.0", "interface=127.0.0.1")
+                where = f"block {number}, {written!r}"
+                background = _BACKGROUND.match(command)
+                if background:
+                    log = f"background{step}.log"
+                    shell.background(background["command"], background["rest"] or "", log)
+                    wanted = {int(port) for port in ports.values() if re.search(rf"\b{port}\b", command)}
+                    self._waitForListening(wanted, directory / log, where)
+                    continue
+                status, out, err = shell.run(command)
+                logs = "".join(f"\n--- {log.name}:\n{log.read_text()}" for log in sorted(directory.glob("background*.log")))
+                if comment.startswith("fails:"):
+                    self.assertNotEqual(status, 0, where)
+                    self.assertIn(comment.removeprefix("fails:").strip(), err, where)
+                    self.assertEqual(err.count("\n"), 1, (where, err))
+                    continue
+                self.assertEqual(status, 0, f"{where}: {out}{err}{logs}")
+                if comment.startswith("prints:"):
+                    self.assertEqual(out, comment.removeprefix("prints:").strip() + "\n", where)
+            shell.stop()
+            for log in directory.glob("background*.log"):
+                self.assertNotIn("Traceback", log.read_text(), log.name)
+
+    def _waitForListening(self, ports: set[int], log: Path, where: str) -> None:
+        deadline = time.monotonic() + 30
+        while not ports <= listeningPorts():
+            if time.monotonic() > deadline:
+                text = log.read_text() if log.exists() else ""
+                raise AssertionError(f"{where}: nothing listens on {ports}:\n{text}")
+            time.sleep(0.05)
