@@ -175,8 +175,10 @@ class HAProxyTests(SynchronousTestCase):
         self.assertEqual(bytes(received), data)
         self.assertEqual(stopping.wait(30), 0)
         self.haproxy.waitForLog(rf"Server tcplab/echo{serving + 1} is DOWN", timeout=20)
-        for _ in range(5):
-            self.assertEqual(lineEcho("127.0.0.2", self.port), b"hi\n")
+        # One client address each: --max-per-peer 1 would refuse a second
+        # connection from one address that came before the first's close.
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            self.assertEqual(lineEcho(source, self.port), b"hi\n")
         self.assertRegex(other.log(), r"connection from 127\.0\.0\.2:\d+")
         self.assertIn("tcplab stopped: served", stopping.log())
 
