@@ -10,15 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import trustme
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,8 +22,8 @@ from tcplab import coerce
 from tcplab.tap import Options
 from tcplab.workers.limits import ConnectionTable
 from tcplab.workers.sockets import checkWorkerListener
-from tests.serverprocess import TWIST, ServerProcess
-from tests.test_listeners import temporaryDirectory
+from tests.serverprocess import ServerProcess
+from tests.test_listeners import serverCertificate, socketActivation, temporaryDirectory, tlsEcho
 from tests.test_robustness import MiB, connect, readAll, sendInBackground
 
 #: The supervisor's line naming each worker's pid.
@@ -427,10 +423,10 @@ class ListenerKindTests(WorkerTestCase):
         """
         C{ssl:} with certificates made by trustme, in each worker.
         """
-        authority, key, chain = _certificates(self)
+        authority, key, chain = serverCertificate(self)
         server = self.startServer(listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={chain}")
         for _ in range(6):
-            self.assertEqual(_tlsEcho(authority, server.port), b"hi")
+            self.assertEqual(tlsEcho(authority, server.port), b"hi")
         self.assertIn("(TLS over TCP over IPv4; raw framing; 2 workers)", server.log())
         self.stopServer(server)
 
@@ -438,12 +434,12 @@ class ListenerKindTests(WorkerTestCase):
         """
         C{tls:} (a directory of PEM files, SNI) in each worker.
         """
-        authority, key, chain = _certificates(self)
+        authority, key, chain = serverCertificate(self)
         directory = temporaryDirectory(self)
         (directory / "localhost.pem").write_bytes(key.read_bytes() + chain.read_bytes())
         server = self.startServer(listen=f"tls:{directory}:port=0:interface=127.0.0.1")
         for _ in range(6):
-            self.assertEqual(_tlsEcho(authority, server.port), b"hi")
+            self.assertEqual(tlsEcho(authority, server.port), b"hi")
         self.stopServer(server)
 
     def test_haproxyTCP(self) -> None:
@@ -474,12 +470,7 @@ class ListenerKindTests(WorkerTestCase):
         A socket from systemd (here C{systemd-socket-activate}) is shared by
         the workers.
         """
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        activate = shutil.which("systemd-socket-activate")
-        self.assertIsNotNone(activate, "systemd-socket-activate is needed (Debian package systemd)")
-        runner = [activate, "-l", f"127.0.0.1:{port}", "--fdname=echo", *TWIST]
+        port, runner = socketActivation()
         server = self.startServer(listen="systemd:domain=INET:name=echo", runner=runner, started="Listening on")
         self.assertEqual(echo(port), b"hi")
         server.waitForLog(rf"tcplab listening on 127\.0\.0\.1:{port} \(TCP over IPv4, from systemd; raw framing; 2 workers, one shared socket\)")
@@ -527,25 +518,6 @@ class ListenerKindTests(WorkerTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn(f"tcplab: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use", result.stdout + result.stderr)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
-
-
-def _certificates(test: SynchronousTestCase) -> tuple[trustme.CA, Path, Path]:
-    authority = trustme.CA()
-    certificate = authority.issue_cert("localhost", "127.0.0.1")
-    directory = temporaryDirectory(test)
-    key, chain = directory / "key.pem", directory / "chain.pem"
-    certificate.private_key_pem.write_to_path(str(key))
-    certificate.cert_chain_pems[0].write_to_path(str(chain))
-    return authority, key, chain
-
-
-def _tlsEcho(authority: trustme.CA, port: int) -> bytes:
-    context = ssl.create_default_context()
-    authority.configure_trust(context)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as client:
-            client.sendall(b"hi")
-            return client.recv(100)
 
 
 class WorkerOptionTests(SynchronousTestCase):

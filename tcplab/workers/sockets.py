@@ -25,9 +25,11 @@ one socket: those are shared by every worker, and spread as wake-ups fall.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +180,7 @@ def _bindReusePort(family: int, interface: str, port: int, backlog: int, count: 
 def _bindInet(family: int, interface: str, port: int, backlog: int, reusePort: bool) -> socket.socket:
     # As twisted.internet.tcp.Port binds: SO_REUSEADDR, IPv6 scope ids resolved.
     listener = socket.socket(family, socket.SOCK_STREAM)
-    try:
+    with _failingAs(listener, interface, port):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reusePort:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -189,25 +191,17 @@ def _bindInet(family: int, interface: str, port: int, backlog: int, reusePort: b
         listener.bind(address)
         if backlog:
             listener.listen(backlog)
-        listener.setblocking(False)
-    except OSError as error:
-        listener.close()
-        raise CannotListenError(interface, port, error) from None
     return listener
 
 
 def _bindUNIX(path: str, backlog: int, mode: int) -> socket.socket:
     # As twisted.internet.unix.Port binds (without a lock file).
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    with _failingAs(listener, None, path):
         listener.bind(path)
         if path[:1] != "\0":
             os.chmod(path, mode)
         listener.listen(backlog)
-        listener.setblocking(False)
-    except OSError as error:
-        listener.close()
-        raise CannotListenError(None, path, error) from None
     return listener
 
 
@@ -218,13 +212,21 @@ def bindDatagram(interface: str, port: int) -> socket.socket:
     """
     family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
-    try:
+    with _failingAs(udp, interface, port):
         udp.bind((interface, port))
-        udp.setblocking(False)
-    except OSError as error:
-        udp.close()
-        raise CannotListenError(interface, port, error) from None
     return udp
+
+
+@contextlib.contextmanager
+def _failingAs(made: socket.socket, interface: str | None, port: int | str) -> Iterator[None]:
+    # Set up a socket: non-blocking once done (the workers' reactors need
+    # it so), or closed, with the error Twisted raises, if that fails.
+    try:
+        yield
+        made.setblocking(False)
+    except OSError as error:
+        made.close()
+        raise CannotListenError(interface, port, error) from None
 
 
 class _SharedUNIXPort(unix.Port):
