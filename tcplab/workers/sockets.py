@@ -9,10 +9,11 @@ Two ways let N processes serve one port: they share one listening socket
 call accept() wins), or each has a socket of its own bound to the same
 address with C{SO_REUSEPORT} (one accept queue each; the kernel picks the
 socket by a hash of the connection's addresses and ports).  Measured here
-with 2 Twisted workers and 400 connections (benchmarks/workers_balance.py,
-docs/performance.md): with a shared socket one worker got as few as 20% of
-them (79 of 400; 31% and 50% in other runs), with C{SO_REUSEPORT} never
-under 47%.  So TCP listeners get one C{SO_REUSEPORT} socket per worker.
+with 2 workers and 400 connections, 10 runs each, made one at a time or 400
+at once (benchmarks/workers.py, docs/performance.md): with C{SO_REUSEPORT}
+the smaller share was never under 45%; with one shared socket it fell to
+27% in a burst (and to 20% in a first experiment with bare Twisted
+processes).  So TCP listeners get one C{SO_REUSEPORT} socket per worker.
 The supervisor, not the worker, makes them and keeps them open: errors
 (address in use, permission denied) are reported once, before any worker
 starts; a port 0 is chosen once for all; and while a dead worker is being
