@@ -382,6 +382,8 @@ class DeployGuideTests(SynchronousTestCase):
                     log = f"background{step}.log"
                     shell.background(background["command"], background["rest"] or "", log)
                     wanted = {int(port) for port in ports.values() if re.search(rf"\b{port}\b", command)}
+                    if "deploy/haproxy.cfg" in command:
+                        wanted.add(int(ports["8081"]))  # The configuration's frontend.
                     self._waitForListening(wanted, directory / log, where)
                     continue
                 status, out, err = shell.run(command)
