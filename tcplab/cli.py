@@ -549,7 +549,34 @@ def _reason(error: BaseException, config: ClientOptions) -> str:
         return f"the server refused: {escape(error.notice, limit=200)}"
     if isinstance(error, ReplyTimeout):
         return str(error)
-    return str(error) or type(error).__name__
+    return _tlsReason(error) or str(error) or type(error).__name__
+
+
+def _tlsReason(error: BaseException) -> str | None:
+    """
+    @return: why a TLS connection failed, in words, for pyOpenSSL's errors
+        (a list of OpenSSL's C{(library, function, reason)} tuples) and
+        service_identity's (the certificate names other hosts); else L{None}.
+    """
+    module = type(error).__module__
+    if module.startswith("OpenSSL") and error.args and isinstance(error.args[0], list):
+        reasons = [entry[-1] for entry in error.args[0] if isinstance(entry, tuple) and entry and entry[-1]]
+        text = ", ".join(dict.fromkeys(reasons)) or type(error).__name__
+        if "certificate verify failed" in text:
+            return (
+                "TLS: the server's certificate is not trusted (certificate verify failed): "
+                "trustRoots=DIR must hold the certificate of the authority that signed it"
+            )
+        return f"TLS failed: {text}"
+    if module.startswith("service_identity") and type(error).__name__ == "VerificationError":
+        names = []
+        for mismatch in getattr(error, "errors", ()):
+            identity = getattr(mismatch, "mismatched_id", None)
+            name = getattr(identity, "hostname", None) or getattr(identity, "ip", None) or identity
+            names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else str(name))
+        wanted = ", ".join(dict.fromkeys(names)) or "the host connected to"
+        return f"TLS: the server's certificate is not valid for {wanted} (it names other hosts)"
+    return None
 
 
 def runClient(config: ClientOptions) -> int:

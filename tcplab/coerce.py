@@ -10,6 +10,7 @@ the option whose value is wrong.
 from __future__ import annotations
 
 import getopt
+import os
 import sys
 
 from twisted.python import usage
@@ -110,6 +111,19 @@ def count(text: str) -> int:
     return _atLeast(0, text, "count")
 
 
+def workers(text: str) -> int:
+    """
+    @return: a number of worker processes: a whole number of at least 1, or
+        for C{0} or C{auto} the number of CPUs this process may run on.
+    """
+    if text.strip().lower() in ("0", "auto"):
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    value = _integer(text, "number of workers")
+    if value < 0:
+        raise ValueError(f"must be at least 0 (0: one per CPU), got {value}")
+    return value
+
+
 def seconds(text: str) -> float:
     """
     @return: a duration in seconds, at least 0.
@@ -179,3 +193,4 @@ def _integer(text: str, what: str) -> int:
 
 port.coerceDoc = "A number from 0 to 65535."  # type: ignore[attr-defined]
 framing.coerceDoc = "One of raw, line, length."  # type: ignore[attr-defined]
+workers.coerceDoc = "A number, or auto."  # type: ignore[attr-defined]

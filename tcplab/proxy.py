@@ -129,6 +129,12 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         elif not self._done:
             self._log.info("{proxy} closed before sending a PROXY header", proxy=self._proxy())
 
+    def loseWriteConnection(self) -> None:
+        # Half-close, explicitly: the echo half-closes only a transport that
+        # implements it (not one that finds it through __getattr__, as TLS
+        # would), and the socket under this wrapper does.
+        self.transport.loseWriteConnection()
+
     def getPeer(self) -> IAddress:
         if self._info is not None and self._info.source is not None:
             return self._info.source

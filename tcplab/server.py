@@ -7,6 +7,7 @@ L{twisted.internet.testing.StringTransport} in a unit test.
 
 from __future__ import annotations
 
+import typing
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -308,15 +309,18 @@ class EchoProtocol(Protocol):
         assert self.transport is not None
         # A registered producer would hold the close back forever.
         self.transport.unregisterProducer()
-        loseWriteConnection = getattr(self.transport, "loseWriteConnection", None)
-        if loseWriteConnection is None:
+        # Half-close only a transport that implements it itself: a wrapper
+        # (Twisted's TLS) finds the TCP socket's loseWriteConnection through
+        # ProtocolWrapper.__getattr__, which would shut TCP under TLS, before
+        # the handshake, the notice and TLS's own close.
+        if getattr(type(self.transport), "loseWriteConnection", None) is None:
             self.transport.loseConnection()
         else:
             # Shut our side once the replies are flushed, and keep reading
             # (dropping what comes) until the peer closes: closing with unread
             # input would reset the connection and could destroy the replies
             # the peer has not read yet.
-            loseWriteConnection()
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
             self.transport.resumeProducing()
         self._abortLater(timeout)
 
@@ -642,6 +646,26 @@ class LengthEchoProtocol(EchoProtocol):
         return b"".join(parts)
 
 
+class SharedLimits(typing.Protocol):
+    """
+    Connection limits counted across processes (L{tcplab.workers}).
+    """
+
+    def acquire(self, host: str | None) -> str | None:
+        """
+        Count one more connection from C{host} (L{None} unless C{maxPerPeer}
+        is set), if the limits allow it.
+
+        @return: L{None} if counted; else C{"busy"} (C{maxConnections}
+            reached) or C{"peer"} (C{maxPerPeer} reached for C{host}).
+        """
+
+    def release(self, host: str | None) -> None:
+        """
+        Count one connection from C{host} less.
+        """
+
+
 class ServerStats(NamedTuple):
     """
     What a server has done so far.
@@ -707,6 +731,7 @@ class EchoServerFactory(Factory):
         reactor: IReactorTime | None = None,
         logConnections: bool = False,
         logConnectionsPerSecond: int = defaults.LOG_CONNECTIONS_PER_SECOND,
+        sharedLimits: SharedLimits | None = None,
     ) -> None:
         """
         @param framing: C{"raw"}, C{"line"} or C{"length"}.
@@ -742,6 +767,9 @@ class EchoServerFactory(Factory):
             counts against C{maxConnections} or C{maxPerPeer}: it is served
             no more, and it is gone within this time.
         @param reactor: the clock for timeouts; the global reactor if L{None}.
+        @param sharedLimits: C{maxConnections} and C{maxPerPeer} as other
+            processes count them too (L{tcplab.workers}): a connection within
+            this factory's own counts must be admitted by them as well.
         @raise ValueError: for an unknown framing, a suffix that breaks it
             (see L{checkSuffix}), or an impossible limit.
         """
@@ -774,6 +802,7 @@ class EchoServerFactory(Factory):
         self.maxServed = maxServed
         self.closeTimeout = closeTimeout
         self._reactor = reactor
+        self.sharedLimits = sharedLimits
         self.connections: set[EchoProtocol] = set()
         self.served = 0
         self.refused = 0
@@ -862,6 +891,8 @@ class EchoServerFactory(Factory):
         assert protocol.transport is not None
         host = _hostOf(protocol.transport.getPeer()) if self.maxPerPeer else None
         reason = self._refusal(host)
+        if reason is None and self.sharedLimits is not None:
+            reason = self._reasons.get(self.sharedLimits.acquire(host))
         if reason is not None:
             self.refused += 1
             return reason
@@ -877,11 +908,16 @@ class EchoServerFactory(Factory):
         Called by each protocol when it starts closing, and when its
         connection is lost: it no longer holds a slot of the limits.
         """
-        host = self._hosts.pop(protocol, None)
+        if protocol not in self._hosts:
+            return
+        # The host is only known (None otherwise) when --max-per-peer counts it.
+        host = self._hosts.pop(protocol)
         if host is not None:
             self._perPeer[host] -= 1
             if not self._perPeer[host]:
                 del self._perPeer[host]
+        if self.sharedLimits is not None:
+            self.sharedLimits.release(host)
 
     def connectionClosed(self, protocol: EchoProtocol) -> None:
         """
@@ -983,10 +1019,18 @@ class EchoServerFactory(Factory):
         if self.maxConnections and (
             len(self._hosts) >= self.maxConnections or len(self.connections) >= 2 * self.maxConnections
         ):
-            return f"server busy ({plural(self.maxConnections, 'connection')}); try again later"
+            return self._reasons["busy"]
         if host is not None and self._perPeer.get(host, 0) >= self.maxPerPeer:
-            return f"too many connections from your address (limit {self.maxPerPeer})"
+            return self._reasons["peer"]
         return None
+
+    @property
+    def _reasons(self) -> dict[str | None, str]:
+        # What a refused peer is told, by the limit that refused it.
+        return {
+            "busy": f"server busy ({plural(self.maxConnections, 'connection')}); try again later",
+            "peer": f"too many connections from your address (limit {self.maxPerPeer})",
+        }
 
     def _isServed(self) -> bool:
         return self.maxServed is not None and self.served >= self.maxServed and not self.connections

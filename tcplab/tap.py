@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -112,14 +112,14 @@ class Options(coerce.CommandOptions):
             "max-connections",
             None,
             defaults.MAX_CONNECTIONS,
-            "Connections open at once; more are refused (0: no limit).",
+            "Connections open at once; more are refused (0: no limit); with --workers, in all workers together.",
             coerce.count,
         ],
         [
             "max-per-peer",
             None,
             defaults.MAX_PER_PEER,
-            "Connections one peer address may hold open at once (0: no limit).",
+            "Connections one peer address may hold open at once (0: no limit); with --workers, in all workers together.",
             coerce.count,
         ],
         [
@@ -136,6 +136,15 @@ class Options(coerce.CommandOptions):
             "Seconds a connection the server closes (idle, overlong message, "
             "drain) gets to take its last replies before it is aborted.",
             coerce.seconds,
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes serving every TCP listener, each its own SO_REUSEPORT socket "
+            "(UNIX and systemd sockets shared), under a supervisor that replaces one that dies "
+            "(0 or auto: one per CPU; 1: no supervisor).",
+            coerce.workers,
         ],
         [
             "proxy-header-timeout",
@@ -198,6 +207,10 @@ class Options(coerce.CommandOptions):
             Faults.fromOptions(self)
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
+        if self["workers"] > 1:
+            from tcplab.workers import checkWorkerOptions
+
+            checkWorkerOptions(self)
 
 
 def _checkEndpoint(description: str) -> None:
@@ -206,7 +219,13 @@ def _checkEndpoint(description: str) -> None:
     try:
         coerce.checkEndpointPort(serverFromString(MemoryReactor(), description))
     except Exception as error:
-        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
+        reason = str(error)
+        if isinstance(error, (IndexError, KeyError)) and endpointKind(description) == "systemd":
+            # Twisted's bare "list index out of range" or "'echo'".
+            from tcplab import systemd
+
+            reason = systemd.explain(description)
+        raise usage.UsageError(f"invalid endpoint {description!r}: {reason}") from None
 
 
 class ListenFailed(Exception):
@@ -220,7 +239,57 @@ class ListenFailed(Exception):
     """
 
 
-class EchoService(MultiService):
+class DrainingService(MultiService):
+    """
+    A service that SIGTERM, SIGINT and SIGHUP stop by stopping the reactor
+    (which stops the service: a drain), and that a second signal hurries up
+    by calling L{abortAll}.  Both the single-process server (L{EchoService})
+    and the supervisor of worker processes (L{tcplab.workers}) are one.
+    """
+
+    #: The signals that stop the server with a drain.
+    stopSignals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorCore) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._signalled = False
+
+    def abortAll(self) -> None:
+        """
+        Drop what is still open: asked twice to stop, the user does not want to wait.
+        """
+        raise NotImplementedError
+
+    def _handleSignals(self) -> None:
+        # The reactor's own handlers make twist/twistd re-raise the signal
+        # once stopped (exit status 143 or 130; SIGHUP is not handled at all
+        # and kills at once); a drained stop is a success.
+        if threading.current_thread() is threading.main_thread():
+            for number in self.stopSignals:
+                signal.signal(number, self._stopOnSignal)
+
+    def _stopOnSignal(self, number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        if self._signalled:
+            # Asked again while draining: the user does not want to wait.
+            self._log.info("received {signal} again: aborting open connections", signal=name)
+            self._reactor.callFromThread(self.abortAll)  # type: ignore[attr-defined]
+            return
+        self._signalled = True
+        self._log.info("received {signal}: finishing open connections", signal=name)
+        self._reactor.callFromThread(self._stopReactor)  # type: ignore[attr-defined]
+
+    def _stopReactor(self) -> None:
+        try:
+            self._reactor.stop()  # type: ignore[attr-defined]
+        except ReactorNotRunning:
+            pass  # Already stopping (--once): the drain is under way.
+
+
+class EchoService(DrainingService):
     """
     The tcplab server: every listener, and the factory they share.
 
@@ -234,20 +303,15 @@ class EchoService(MultiService):
     @ivar drainTimeout: seconds to finish echoing when stopping.
     """
 
-    #: The signals that stop the server with a drain.
-    stopSignals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
     _log = Logger()
 
     def __init__(
         self, factory: EchoServerFactory, reactor: IReactorCore, drainTimeout: float = defaults.DRAIN_TIMEOUT
     ) -> None:
-        super().__init__()
+        super().__init__(reactor)
         self.factory = factory
         self.drainTimeout = drainTimeout
-        self._reactor = reactor
         self._descriptions: dict[IService, str] = {}
-        self._signalled = False
         #: The UDP echo, if there is one.
         self.datagramEcho: DatagramEcho | None = None
 
@@ -291,30 +355,8 @@ class EchoService(MultiService):
             summary += f"; UDP: {self.datagramEcho.summary()}"
         self._log.info("tcplab stopped: {summary}", summary=summary)
 
-    def _handleSignals(self) -> None:
-        # The reactor's own handlers make twist/twistd re-raise the signal
-        # once stopped (exit status 143 or 130; SIGHUP is not handled at all
-        # and kills at once); a drained stop is a success.
-        if threading.current_thread() is threading.main_thread():
-            for number in self.stopSignals:
-                signal.signal(number, self._stopOnSignal)
-
-    def _stopOnSignal(self, number: int, frame: object) -> None:
-        name = signal.Signals(number).name
-        if self._signalled:
-            # Asked again while draining: the user does not want to wait.
-            self._log.info("received {signal} again: aborting open connections", signal=name)
-            self._reactor.callFromThread(self.factory.abortAll)  # type: ignore[attr-defined]
-            return
-        self._signalled = True
-        self._log.info("received {signal}: finishing open connections", signal=name)
-        self._reactor.callFromThread(self._stopReactor)  # type: ignore[attr-defined]
-
-    def _stopReactor(self) -> None:
-        try:
-            self._reactor.stop()  # type: ignore[attr-defined]
-        except ReactorNotRunning:
-            pass  # Already stopping (--once): the drain is under way.
+    def abortAll(self) -> None:
+        self.factory.abortAll()
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
         where = self._descriptions.get(child, repr(child))
@@ -340,13 +382,23 @@ class EchoService(MultiService):
 
     def _logListening(self, port: IListeningPort, where: str) -> IListeningPort:
         self._log.info(
-            "tcplab listening on {address} ({kind}; {framing} framing{suffix})",
-            address=formatAddress(port.getHost()),
-            kind=_describe(where, port.getHost()),
-            framing="datagram" if where.startswith("udp:") else self.factory.framing,
-            suffix=f", suffix {self.factory.suffix.decode('utf-8', 'replace')!r}" if self.factory.suffix else "",
+            "tcplab listening on {listener}",
+            listener=describeListening(where, port.getHost(), self.factory.framing, self.factory.suffix),
         )
         return port
+
+
+def describeListening(where: str, address: IAddress, framing: str, suffix: bytes, extra: str = "") -> str:
+    """
+    @return: the text of a listener's start-up line after C{"tcplab
+        listening on "}: C{"127.0.0.1:8081 (TCP over IPv4; raw framing,
+        suffix 'SB')"}, with C{extra} (C{"; 2 workers"}) before the
+        closing parenthesis.
+    """
+    kind = _describe(where, address)
+    framing = "datagram" if where.startswith("udp:") else framing
+    shown = f", suffix {suffix.decode('utf-8', 'replace')!r}" if suffix else ""
+    return f"{formatAddress(address)} ({kind}; {framing} framing{shown}{extra})"
 
 
 def _describe(description: str, address: object) -> str:
@@ -435,25 +487,28 @@ def listenerEndpoint(
     description: str,
     headerTimeout: float = defaults.PROXY_HEADER_TIMEOUT,
     maxPending: int = defaults.MAX_CONNECTIONS,
+    parse: Callable[[Any, str], IStreamServerEndpoint] = serverFromString,
 ) -> IStreamServerEndpoint:
     """
     @return: the endpoint C{description} names, with tcplab's default backlog
         (L{withBacklog}); a C{haproxy:} prefix reads each connection's PROXY
         header before the echo sees it (L{tcplab.proxy}), with at most
-        C{maxPending} connections waiting for theirs.
+        C{maxPending} connections waiting for theirs.  C{parse} makes the
+        endpoint of a description (a worker's adopts its inherited socket).
     """
     description = withBacklog(description)
     if description.startswith("haproxy:"):
-        inner = serverFromString(reactor, description.removeprefix("haproxy:"))
+        inner = parse(reactor, description.removeprefix("haproxy:"))
         return ProxyHeaderEndpoint(inner, reactor, headerTimeout=headerTimeout, maxPending=maxPending)  # type: ignore[arg-type]
-    return serverFromString(reactor, description)
+    return parse(reactor, description)
 
 
-def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) -> EchoService:
+def buildFactory(config: usage.Options | dict[str, Any], reactor: IReactorCore, **extra: Any) -> EchoServerFactory:
     """
-    Build the tcplab service from parsed L{Options}, listening with C{reactor}.
+    @return: the L{EchoServerFactory} that parsed L{Options} describe, with
+        C{extra} arguments (the workers' C{sharedLimits}).
     """
-    factory = EchoServerFactory(
+    return EchoServerFactory(
         framing=config["framing"],
         suffix=config["suffix"],
         maxLength=config["max-length"],
@@ -466,24 +521,61 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         maxServed=1 if config["once"] else None,
         closeTimeout=config["close-timeout"],
         reactor=reactor,
+        **extra,
     )
+
+
+def listenerService(
+    reactor: IReactorCore,
+    description: str,
+    config: usage.Options | dict[str, Any],
+    factory: EchoServerFactory,
+    parse: Callable[[Any, str], IStreamServerEndpoint] = serverFromString,
+) -> IService:
+    """
+    @return: the service that listens on C{description} with C{factory}
+        (see L{listenerEndpoint}).
+    """
+    endpoint = listenerEndpoint(
+        reactor,
+        description,
+        config["proxy-header-timeout"],
+        config["max-connections"] or defaults.MAX_CONNECTIONS,
+        parse=parse,
+    )
+    return _Listener(endpoint, factory)
+
+
+def buildDatagramEcho(config: usage.Options | dict[str, Any], reactor: IReactorCore) -> DatagramEcho:
+    """
+    @return: the UDP echo that parsed L{Options} describe.
+    """
+    return DatagramEcho(
+        suffix=config["suffix"],
+        logMessages=bool(config["log-messages"]),
+        rate=config["udp-rate"],
+        burst=config["udp-burst"],
+        clock=reactor,  # type: ignore[arg-type]
+    )
+
+
+def udpDescription(config: usage.Options | dict[str, Any]) -> str:
+    """
+    @return: how the UDP listener is named in messages.
+    """
+    return f"udp:{config['udp']}:interface={config['udp-interface']}"
+
+
+def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) -> EchoService:
+    """
+    Build the tcplab service from parsed L{Options}, listening with C{reactor}.
+    """
+    factory = buildFactory(config, reactor)
     service = EchoService(factory, reactor, drainTimeout=config["drain-timeout"])
     for description in config["listen"]:
-        endpoint = listenerEndpoint(
-            reactor,
-            description,
-            config["proxy-header-timeout"],
-            config["max-connections"] or defaults.MAX_CONNECTIONS,
-        )
-        service.addListener(description, _Listener(endpoint, factory))
+        service.addListener(description, listenerService(reactor, description, config, factory))
     if config["udp"] is not None:
-        service.datagramEcho = DatagramEcho(
-            suffix=config["suffix"],
-            logMessages=bool(config["log-messages"]),
-            rate=config["udp-rate"],
-            burst=config["udp-burst"],
-            clock=reactor,  # type: ignore[arg-type]
-        )
+        service.datagramEcho = buildDatagramEcho(config, reactor)
         udp = UDPServer(
             config["udp"],
             service.datagramEcho,
@@ -491,17 +583,23 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
             maxPacketSize=MAX_PACKET_SIZE,
             reactor=reactor,
         )
-        service.addListener(f"udp:{config['udp']}:interface={config['udp-interface']}", udp)
+        service.addListener(udpDescription(config), udp)
     applyFaults(service, Faults.fromOptions(config), reactor)
     if config["once"]:
         factory.whenServed().addCallback(lambda _: reactor.stop())
     return service
 
 
-def makeService(config: Options) -> EchoService:
+def makeService(config: Options) -> IService:
     """
-    The twistd entry point: L{buildService} with the global reactor.
+    The twistd entry point: L{buildService} with the global reactor, or,
+    with C{--workers} above 1, the supervisor of that many processes that
+    each run it (L{tcplab.workers}).
     """
     from twisted.internet import reactor
 
+    if config["workers"] > 1:
+        from tcplab.workers import Supervisor
+
+        return Supervisor(config, reactor)  # type: ignore[arg-type]
     return buildService(config, reactor)  # type: ignore[arg-type]

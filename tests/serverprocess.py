@@ -60,61 +60,37 @@ def twist(*args: str, timeout: float = 20, runner: list[str] = TWIST) -> subproc
     )
 
 
-class ServerProcess:
+class LoggedProcess:
     """
-    C{python -m twisted tcplab ARGS} listening on 127.0.0.1 on a free port.
-
-    @ivar port: the TCP port it listens on.
-    @ivar started: for a listener with no TCP port of its own (a UNIX socket,
-        an inherited one), text of the log line that shows it has started.
+    A child process whose output (stdout and stderr) is read all along.
     """
 
-    def __init__(
-        self,
-        *args: str,
-        listen: str = f"tcp:0:interface=127.0.0.1:backlog={defaults.BACKLOG}",
-        twistd: bool = False,
-        runner: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float = 20,
-        started: str | None = None,
-    ) -> None:
-        self.startedText = started
-        if runner is None:
-            runner = TWISTD + ["--pidfile=", "--logfile=-", "-n"] if twistd else TWIST
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         self.process = subprocess.Popen(
-            [*runner, "tcplab", "--listen", listen, *args],
+            command,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=environment() if env is None else env, cwd=cwd, stdin=subprocess.DEVNULL,
         )
         self.output: list[str] = []
-        self._started = threading.Event()
-        # Read the log all along: a full pipe would block the server.
+        # Read the log all along: a full pipe would block the process.
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._started.wait(timeout) or (self.port is None and started is None):
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-
-    port: int | None = None
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            if self.port is None:
-                match = _PORT.search(line)
-                if match:
-                    self.port = int(match.group(1))
-                    self._started.set()
-                elif self.startedText is not None and self.startedText in line:
-                    self._started.set()
-        self._started.set()
+            self.lineReceived(line)
+        self.lineReceived(None)
+
+    def lineReceived(self, line: str | None) -> None:
+        """
+        Called with each line of output, then with L{None} at its end.
+        """
 
     def log(self) -> str:
         """
-        Everything the server has logged so far.
+        Everything the process has written so far.
         """
         return "".join(self.output)
 
@@ -149,6 +125,49 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._reader.join(10)
+
+
+class ServerProcess(LoggedProcess):
+    """
+    C{python -m twisted tcplab ARGS} listening on 127.0.0.1 on a free port.
+
+    @ivar port: the TCP port it listens on.
+    @ivar started: for a listener with no TCP port of its own (a UNIX socket,
+        an inherited one), text of the log line that shows it has started.
+    """
+
+    port: int | None = None
+
+    def __init__(
+        self,
+        *args: str,
+        listen: str = f"tcp:0:interface=127.0.0.1:backlog={defaults.BACKLOG}",
+        twistd: bool = False,
+        runner: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float = 20,
+        started: str | None = None,
+    ) -> None:
+        self.startedText = started
+        self._started = threading.Event()
+        if runner is None:
+            runner = TWISTD + ["--pidfile=", "--logfile=-", "-n"] if twistd else TWIST
+        super().__init__([*runner, "tcplab", "--listen", listen, *args], env=env, cwd=cwd)
+        if not self._started.wait(timeout) or (self.port is None and started is None):
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def lineReceived(self, line: str | None) -> None:
+        if line is None:
+            self._started.set()
+        elif self.port is None:
+            match = _PORT.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self._started.set()
+            elif self.startedText is not None and self.startedText in line:
+                self._started.set()
 
 
 def assertLessonOnce(test: TestCase, server: ServerProcess) -> None:

@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -798,20 +799,7 @@ class TLSTests(CommandTestsMixin, SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        directory = Path(tempfile.mkdtemp(prefix="tcplab-tls-"))
-        self.addCleanup(shutil.rmtree, directory, True)
-        authority = trustme.CA()
-        certificate = authority.issue_cert("127.0.0.1")
-        certificate.private_key_pem.write_to_path(str(directory / "key.pem"))
-        certificate.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
-        (directory / "roots").mkdir()
-        authority.cert_pem.write_to_path(str(directory / "roots" / "ca.pem"))
-        self.roots = directory / "roots"
-        listen = (
-            f"ssl:0:interface=127.0.0.1:privateKey={directory / 'key.pem'}:certKey={directory / 'cert.pem'}"
-        )
-        self.tls = AnyServerProcess("--suffix", "SB", listen=listen)
-        self.addCleanup(self.tls.stop)
+        self.tls, self.roots = tlsServer(self, "--suffix", "SB")
         self.address = ["127.0.0.1", str(self.tls.port)]
 
     def test_tlsEndpoint(self) -> None:
@@ -851,6 +839,120 @@ class TLSTests(CommandTestsMixin, SynchronousTestCase):
         for framing in ("raw", "line"):
             result = run("-f", framing, "-m", record, *self.address)
             self.assertFails(result, 1, "wrong reply", f"the server seems to speak TLS: {useTLS}")
+
+
+    def test_untrustedCertificate(self) -> None:
+        """
+        A certificate from an authority not in C{trustRoots=} is refused in
+        one line that says so (it was OpenSSL's list of error tuples).
+        """
+        other = Path(tempfile.mkdtemp(prefix="tcplab-roots-"))
+        self.addCleanup(shutil.rmtree, other, True)
+        trustme.CA().cert_pem.write_to_path(str(other / "ca.pem"))
+        result = run("--connect", f"tls:127.0.0.1:{self.tls.port}:trustRoots={other}", "-m", "hi")
+        self.assertFails(
+            result, 1, "TLS: the server's certificate is not trusted (certificate verify failed)", "trustRoots=DIR"
+        )
+        self.assertNotIn("SSL routines", result.stderr.decode())
+
+    def test_wrongHost(self) -> None:
+        """
+        A certificate that does not name the host connected to is refused
+        in one line naming it.
+        """
+        result = run("--connect", f"tls:localhost:{self.tls.port}:trustRoots={self.roots}", "-m", "hi")
+        self.assertFails(result, 1, "TLS: the server's certificate is not valid for localhost (it names other hosts)")
+
+    def test_plainTextClosedPromptly(self) -> None:
+        """
+        Plain text (a line, more than a TLS record header) sent to a TLS
+        port is closed within a second or two, not left to the idle timeout.
+        """
+        with socket.create_connection(("127.0.0.1", self.tls.port), timeout=10) as client:
+            started = time.monotonic()
+            client.sendall(b"hello\n")
+            while client.recv(1024):
+                pass
+            self.assertLess(time.monotonic() - started, 5)
+
+
+class TLSLimitTests(CommandTestsMixin, SynchronousTestCase):
+    """
+    The limits and the idle timeout hold on a TLS listener as on plain TCP.
+    """
+
+    def test_maxConnections(self) -> None:
+        """
+        Over C{--max-connections 1}, a TLS client is told, over TLS, that
+        the server is busy; the one admitted is still served.
+        """
+        server, roots = tlsServer(self, "--framing", "line", "--max-connections", "1")
+        endpoint = f"tls:127.0.0.1:{server.port}:trustRoots={roots}"
+        with tlsConnection(roots, server.port) as held:
+            held.sendall(b"mine\n")
+            self.assertEqual(held.recv(100), b"mine\n")
+            self.assertFails(
+                run("-f", "line", "--connect", endpoint, "-m", "hi"), 1, "the server refused: error: server busy (1 connection)"
+            )
+            held.sendall(b"still\n")
+            self.assertEqual(held.recv(100), b"still\n")
+
+    def test_maxPerPeer(self) -> None:
+        server, roots = tlsServer(self, "--framing", "line", "--max-per-peer", "1")
+        with tlsConnection(roots, server.port) as held:
+            held.sendall(b"mine\n")
+            self.assertEqual(held.recv(100), b"mine\n")
+            with tlsConnection(roots, server.port) as second:
+                self.assertEqual(second.recv(100), b"error: too many connections from your address (limit 1)\n")
+
+    def test_idleTimeout(self) -> None:
+        """
+        A TLS connection silent for C{--idle-timeout} is closed, as a plain
+        one is; so is one that never finishes its handshake.
+        """
+        server, roots = tlsServer(self, "--idle-timeout", "1")
+        with tlsConnection(roots, server.port) as idle:
+            started = time.monotonic()
+            self.assertEqual(idle.recv(100), b"")
+            self.assertLess(time.monotonic() - started, 15)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as silent:
+            # Mid-handshake, Twisted's TLS closes by aborting: a reset.
+            try:
+                self.assertEqual(silent.recv(100), b"")
+            except ConnectionResetError:
+                pass
+        server.waitForLog(r"idle for 1\.0 seconds; closing")
+
+
+def tlsServer(test: SynchronousTestCase, *args: str) -> tuple[ServerProcess, Path]:
+    """
+    Start C{twist tcplab ARGS} on an C{ssl:} port with a certificate for
+    127.0.0.1 from a new trustme CA.
+
+    @return: the server, and a directory holding the CA's certificate (for
+        C{trustRoots=}).
+    """
+    directory = Path(tempfile.mkdtemp(prefix="tcplab-tls-"))
+    test.addCleanup(shutil.rmtree, directory, True)
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.private_key_pem.write_to_path(str(directory / "key.pem"))
+    certificate.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    (directory / "roots").mkdir()
+    authority.cert_pem.write_to_path(str(directory / "roots" / "ca.pem"))
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={directory / 'key.pem'}:certKey={directory / 'cert.pem'}"
+    server = AnyServerProcess(*args, listen=listen)
+    test.addCleanup(server.stop)
+    return server, directory / "roots"
+
+
+def tlsConnection(roots: Path, port: int) -> ssl.SSLSocket:
+    """
+    @return: a TLS connection to 127.0.0.1:C{port} that trusts the CA in C{roots}.
+    """
+    context = ssl.create_default_context(cafile=str(roots / "ca.pem"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
 class SeedServerTests(CommandTestsMixin, SynchronousTestCase):

@@ -134,10 +134,40 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(len(clock.getDelayedCalls()), 1)
 
 
+class WrappingTransport(StringTransport):
+    """
+    A L{StringTransport} that, like Twisted's TLS transport (a
+    C{ProtocolWrapper}), finds the attributes it lacks on the transport under
+    it, C{loseWriteConnection} included.
+    """
+
+    underneathClosed = False
+
+    def __getattr__(self, name: str) -> object:
+        if name == "loseWriteConnection":
+            return self._shutUnderneath
+        raise AttributeError(name)
+
+    def _shutUnderneath(self) -> None:
+        self.underneathClosed = True
+
+
 class CloseTests(SynchronousTestCase):
     """
     Closing delivers every reply, and never waits forever.
     """
+
+    def test_wrapperClosesItself(self) -> None:
+        """
+        On a wrapping transport (TLS), closing asks the wrapper to close (TLS
+        then sends its notice and its close), and never shuts the socket
+        under it directly: that cut TLS connections before their handshake,
+        so a client turned away over TLS never read why.
+        """
+        protocol, transport = connect(EchoServerFactory(framing="line", reactor=Clock()), transportType=WrappingTransport)
+        protocol.close()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.underneathClosed)
 
     def test_lingeringClose(self) -> None:
         """
@@ -371,6 +401,63 @@ class LimitTests(SynchronousTestCase):
         _, again = connect(factory, address("10.0.0.2", 2))
         self.assertFalse(again.disconnecting)
         self.assertEqual((factory.served, factory.refused), (3, 1))
+
+    def test_sharedLimitsRefuse(self) -> None:
+        """
+        Within its own limits, a factory with C{sharedLimits} (other
+        processes' counts) serves only what they admit, and tells the peer
+        which limit refused it.
+        """
+        shared = RecordingLimits(answers=["peer", "busy"])
+        factory = EchoServerFactory(framing="line", maxConnections=5, maxPerPeer=2, reactor=Clock(), sharedLimits=shared)
+        _, perPeer = connect(factory, address("10.0.0.1", 1))
+        _, busy = connect(factory, address("10.0.0.1", 2))
+        self.assertEqual(perPeer.value(), b"error: too many connections from your address (limit 2)\n")
+        self.assertEqual(busy.value(), b"error: server busy (5 connections); try again later\n")
+        self.assertEqual((factory.refused, shared.held), (2, []))
+
+    def test_sharedLimitsCounted(self) -> None:
+        """
+        A connection served is counted in C{sharedLimits} by its host, and
+        released from them when it closes.
+        """
+        shared = RecordingLimits(answers=[None])
+        factory = EchoServerFactory(maxPerPeer=3, reactor=Clock(), sharedLimits=shared)
+        protocol, _ = connect(factory, address("10.0.0.1", 1))
+        self.assertEqual(shared.held, ["10.0.0.1"])
+        lose(protocol)
+        self.assertEqual(shared.held, [])
+
+    def test_sharedLimitsCountedWithoutPerPeer(self) -> None:
+        """
+        Without C{maxPerPeer} a connection is counted in C{sharedLimits}
+        without its host (no per-peer count is kept), and still released.
+        """
+        shared = RecordingLimits(answers=[None])
+        factory = EchoServerFactory(reactor=Clock(), sharedLimits=shared)
+        protocol, _ = connect(factory, address("10.0.0.1", 1))
+        self.assertEqual(shared.held, [None])
+        lose(protocol)
+        self.assertEqual(shared.held, [])
+
+
+class RecordingLimits:
+    """
+    A L{tcplab.server.SharedLimits} giving set answers and recording what it holds.
+    """
+
+    def __init__(self, answers: list[str | None]) -> None:
+        self.answers = answers
+        self.held: list[str | None] = []
+
+    def acquire(self, host: str | None) -> str | None:
+        answer = self.answers.pop(0)
+        if answer is None:
+            self.held.append(host)
+        return answer
+
+    def release(self, host: str | None) -> None:
+        self.held.remove(host)
 
 
 class DrainTests(SynchronousTestCase):

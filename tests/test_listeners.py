@@ -24,6 +24,49 @@ def temporaryDirectory(test: SynchronousTestCase) -> Path:
     return directory
 
 
+def serverCertificate(test: SynchronousTestCase) -> tuple[trustme.CA, Path, Path]:
+    """
+    @return: a new trustme CA, and the files of the key and the certificate
+        chain it issued for C{localhost} and C{127.0.0.1}.
+    """
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost", "127.0.0.1")
+    directory = temporaryDirectory(test)
+    key, chain = directory / "key.pem", directory / "chain.pem"
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.cert_chain_pems[0].write_to_path(str(chain))
+    return authority, key, chain
+
+
+def tlsEcho(authority: trustme.CA, port: int, message: bytes = b"hi") -> bytes:
+    """
+    @return: the reply to C{message} over TLS to C{localhost} on 127.0.0.1:C{port},
+        trusting C{authority}.
+    """
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as client:
+            client.sendall(message)
+            return client.recv(100)
+
+
+def socketActivation(name: str = "echo") -> tuple[int, list[str]]:
+    """
+    @return: a free port on 127.0.0.1, and the command that runs
+        C{twist} with a socket bound there passed as systemd passes it
+        (C{systemd-socket-activate}, which starts it on the first
+        connection), named C{name}.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        raise AssertionError("systemd-socket-activate is needed (Debian package systemd)")
+    return port, [activate, "-l", f"127.0.0.1:{port}", f"--fdname={name}", *TWIST]
+
+
 class ListenerFormTests(SynchronousTestCase):
     """
     The server echoes on every kind of listener, and its start-up line says
@@ -63,14 +106,9 @@ class ListenerFormTests(SynchronousTestCase):
         """
         C{ssl:0:privateKey=K:certKey=C} serves TLS with that certificate.
         """
-        authority = trustme.CA()
-        certificate = authority.issue_cert("localhost", "127.0.0.1")
-        directory = temporaryDirectory(self)
-        key, chain = directory / "key.pem", directory / "chain.pem"
-        certificate.private_key_pem.write_to_path(str(key))
-        certificate.cert_chain_pems[0].write_to_path(str(chain))
+        authority, key, chain = serverCertificate(self)
         server = self._server(f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={chain}")
-        self._assertTLSEcho(authority, server.port)
+        self.assertEqual(tlsEcho(authority, server.port, "你好".encode()), "你好SB".encode())
         self.assertIn(f"tcplab listening on 127.0.0.1:{server.port} (TLS over TCP over IPv4;", server.log())
 
     def test_tls(self) -> None:
@@ -86,16 +124,9 @@ class ListenerFormTests(SynchronousTestCase):
             for blob in certificate.cert_chain_pems:
                 pem.write(blob.bytes())
         server = self._server(f"tls:{directory}:port=0:interface=127.0.0.1")
-        self._assertTLSEcho(authority, server.port)
+        self.assertEqual(tlsEcho(authority, server.port, "你好".encode()), "你好SB".encode())
         self.assertIn("(TLS over TCP over IPv4;", server.log())
 
-    def _assertTLSEcho(self, authority: trustme.CA, port: int) -> None:
-        context = ssl.create_default_context()
-        authority.configure_trust(context)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost") as client:
-                client.sendall("你好".encode())
-                self.assertEqual(client.recv(100), "你好SB".encode())
 
     def test_systemd(self) -> None:
         """
@@ -103,12 +134,7 @@ class ListenerFormTests(SynchronousTestCase):
         (here C{systemd-socket-activate}, which binds it and starts the server
         on the first connection).
         """
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        activate = shutil.which("systemd-socket-activate")
-        self.assertIsNotNone(activate, "systemd-socket-activate is needed (Debian package systemd)")
-        runner = [activate, "-l", f"127.0.0.1:{port}", "--fdname=echo", *TWIST]
+        port, runner = socketActivation()
         server = ServerProcess(
             "--suffix", "SB", listen="systemd:domain=INET:name=echo", runner=runner, started="Listening on"
         )

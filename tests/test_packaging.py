@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,25 @@ class WheelTests(SynchronousTestCase):
             runner=[str(self.installed.bin / "twist"), "--log-format=text"], env=self.installed.env, cwd=self.installed.workdir,
         )
         assertLessonOnce(self, server)
+
+    def test_installedWorkersEcho(self) -> None:
+        """
+        The installed C{twist tcplab --workers 2} starts its workers (the
+        wheel holds C{tcplab.workers}) and they answer.
+        """
+        server = ServerProcess(
+            "--workers", "2", "--suffix", "SB",
+            runner=[str(self.installed.bin / "twist"), "--log-format=text"], env=self.installed.env, cwd=self.installed.workdir,
+        )
+        try:
+            self.assertIn("2 workers)", server.log())
+            for _ in range(4):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+                    client.sendall(b"hi")
+                    self.assertEqual(client.recv(100), b"hiSB")
+        finally:
+            server.stop()
+        self.assertIn("tcplab stopped: served 4 connections", server.log())
 
     def test_consoleScript(self) -> None:
         """

@@ -121,7 +121,13 @@ class ReadmeTests(SynchronousTestCase):
         modules = re.findall(r"^    \.venv/bin/python -m (\S+)", performance, re.MULTILINE)
         self.assertEqual(
             sorted(set(modules)),
-            ["benchmarks.compare_twisted", "benchmarks.framing_cost", "benchmarks.run_all", "tests.stress.stress"],
+            [
+                "benchmarks.compare_twisted",
+                "benchmarks.framing_cost",
+                "benchmarks.run_all",
+                "benchmarks.workers",
+                "tests.stress.stress",
+            ],
         )
         for module in set(modules):
             result = subprocess.run(

@@ -1,0 +1,5 @@
+import sys
+
+from tcplab.workers.worker import main
+
+main(sys.argv)
