@@ -34,7 +34,6 @@ from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
-    IHalfCloseableProtocol,
     IProtocol,
     IPushProducer,
     IReactorTime,
@@ -48,6 +47,7 @@ from zope.interface import implementer
 from tcplab import defaults
 from tcplab.address import formatAddress
 from tcplab.framing import HEADER
+from tcplab.wrapper import HalfCloseableWrapper
 
 #: Bytes a connection's fault layer may hold (replies waiting for their delay
 #: or for their pieces to go out) before it pauses the echo, as a transport
@@ -290,8 +290,7 @@ class _ReplyCounter:
         return count, size
 
 
-@implementer(IHalfCloseableProtocol)
-class FaultyProtocol(ProtocolWrapper):
+class FaultyProtocol(HalfCloseableWrapper):
     """
     Stands between a protocol and its transport, and delivers what the
     protocol writes late, in pieces, or not at all, as its factory's
@@ -405,16 +404,8 @@ class FaultyProtocol(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(data)
 
     def readConnectionLost(self) -> None:
-        if self._resetting:
-            return
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
+        if not self._resetting:
+            super().readConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._discard()

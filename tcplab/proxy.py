@@ -23,7 +23,6 @@ from typing import Any
 
 from twisted.internet.interfaces import (
     IAddress,
-    IHalfCloseableProtocol,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -36,13 +35,14 @@ from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from tcplab import defaults
 from tcplab.address import formatAddress
 from tcplab.text import escape
+from tcplab.wrapper import HalfCloseableWrapper
 
 #: The first bytes of each version's header.
 _V2_SIGNATURE = V2Parser.PREFIX
@@ -58,8 +58,7 @@ _V1_LONGEST = 107
 _SHOWN = 64
 
 
-@implementer(IHalfCloseableProtocol)
-class ProxyHeaderProtocol(ProtocolWrapper):
+class ProxyHeaderProtocol(HalfCloseableWrapper):
     """
     Read a PROXY header, then build the wrapped protocol for the client the
     header names and hand it the connection: its C{getPeer()} and
@@ -108,18 +107,6 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             rest = bytes(header[end:])
             self._header = bytearray()
             self._connect(info, rest)
-
-    def readConnectionLost(self) -> None:
-        if self.wrappedProtocol is None:
-            self.loseConnection()
-        elif IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()

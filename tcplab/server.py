@@ -39,7 +39,7 @@ from tcplab.framing import (
     headers,
     stripLineEnding,
 )
-from tcplab.messagelog import MessageLog
+from tcplab.messagelog import LogBudget, MessageLog
 from tcplab.text import plural
 
 
@@ -434,83 +434,17 @@ class EchoProtocol(Protocol):
         self.close(timeout)
 
 
-class _LogBudget:
-    """
-    At most C{perSecond} log lines a second: past that, what would have been
-    logged is only counted, and once the second is over (or at L{flush})
-    one line says how many were not logged (L{_report}).
-
-    Going over the budget costs a clock reading and a count, so a flood
-    makes neither the log nor the time spent on it grow with its traffic.
-    """
-
-    __slots__ = ("_log", "_clock", "_perSecond", "_secondEnds", "_left", "_notLogged", "_timer")
-
-    def __init__(self, log: Logger, clock: IReactorTime | None, perSecond: int) -> None:
-        """
-        @param log: where the lines go.
-        @param clock: the clock of the per-second budget; L{None} for none,
-            when the first C{perSecond} lines are logged and the rest
-            only counted until L{flush}.
-        @param perSecond: lines logged a second at most.
-        """
-        self._log = log
-        self._clock = clock
-        self._perSecond = perSecond
-        self._secondEnds = float("-inf")
-        self._left = perSecond
-        self._notLogged = 0
-        self._timer: IDelayedCall | None = None
-
-    def admit(self, count: int) -> int:
-        """
-        C{count} more things to log arrived.
-
-        @return: how many of them, the first ones, to log; the others are
-            counted as not logged.
-        """
-        clock = self._clock
-        if clock is not None:
-            now = clock.seconds()
-            if now >= self._secondEnds:
-                self.flush()
-                self._secondEnds = now + 1
-                self._left = self._perSecond
-        logged = min(count, self._left)
-        self._left -= logged
-        if logged < count:
-            self._notLogged += count - logged
-            if self._timer is None and clock is not None:
-                self._timer = clock.callLater(self._secondEnds - now, self.flush)
-        return logged
-
-    def flush(self) -> None:
-        """
-        Say now how many things were not logged, if any: at the end of each
-        second over the budget, and when logging ends.
-        """
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        count, self._notLogged = self._notLogged, 0
-        if count:
-            self._report(count)
-
-    def _report(self, count: int) -> None:
-        raise NotImplementedError
-
-
-class _ConnectionLog(_LogBudget):
+class _ConnectionLog(LogBudget):
     """
     The server's connection log (C{logConnections}): one line per
     connection, when it closes, within a budget of lines a second (see
-    L{_LogBudget}); 0 lines a second for no budget.
+    L{LogBudget}); 0 lines a second for no budget.
     """
 
     __slots__ = ()
 
     def admit(self, count: int) -> int:
-        return count if not self._perSecond else super().admit(count)
+        return count if not self._perInterval else super().admit(count)
 
     def write(self, protocol: EchoProtocol, reason: Failure) -> None:
         """
