@@ -254,7 +254,7 @@ class SystemdExplanationTests(SynchronousTestCase):
 GUIDE = ROOT / "docs" / "deploy.md"
 
 #: The ports the guide uses, each replaced by a free one per block.
-GUIDE_PORTS = ("8081", "8443", "9001", "9002")
+GUIDE_PORTS = ("8081", "8443", "9001", "9002", "9101", "9102")
 
 #: A background command: C{COMMAND &}, perhaps followed by C{NAME=$!}.
 _BACKGROUND = re.compile(r"^(?P<command>.*?)\s+&(?P<rest>\s+\w+=\$!)?$")
@@ -369,12 +369,18 @@ class DeployGuideTests(SynchronousTestCase):
             directory = temporaryDirectory(self)
             ports = {port: str(freePort()) for port in GUIDE_PORTS}
             (directory / "deploy").mkdir()
-            config = configFor(int(ports["8081"]), [int(ports["9001"]), int(ports["9002"])])
+            config = configFor(
+                int(ports["8081"]),
+                [int(ports["9001"]), int(ports["9002"])],
+                [int(ports["9101"]), int(ports["9102"])],
+            )
             (directory / "deploy" / "haproxy.cfg").write_text(config)
             shell = GuideShell(directory)
             self.addCleanup(shell.stop)
             for step, (written, comment) in enumerate(block, 1):
-                command = re.sub(r"\b(8081|8443|9001|9002)\b", lambda m, ports=ports: ports[m.group(1)], written)
+                command = re.sub(
+                    rf"\b({'|'.join(GUIDE_PORTS)})\b", lambda m, ports=ports: ports[m.group(1)], written
+                )
                 command = command.replace("interface=0.0.0.0", "interface=127.0.0.1")
                 where = f"block {number}, {written!r}"
                 background = _BACKGROUND.match(command)

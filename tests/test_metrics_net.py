@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tcplab.framing import encode
 from tests.serverprocess import ServerProcess, takenPort, twist
 from tests.test_metrics import Samples, parse, value
+from tests.test_robustness import readExactly
 
 #: The metrics listener the tests give: a free port on loopback.
 METRICS = "tcp:0:interface=127.0.0.1"
@@ -47,16 +48,6 @@ def scrape(port: int) -> Samples:
     return parse(body.decode())
 
 
-def receive(client: socket.socket, size: int) -> bytes:
-    received = b""
-    while len(received) < size:
-        chunk = client.recv(size - len(received))
-        if not chunk:
-            break
-        received += chunk
-    return received
-
-
 class MetricsServerTestCase(SynchronousTestCase):
     def startServer(self, *args: str) -> tuple[ServerProcess, int]:
         """
@@ -80,7 +71,7 @@ class MetricsServerTestCase(SynchronousTestCase):
                     message = b"m" * (1 + n + m)
                     request, reply = encode(framing, message), encode(framing, message + suffix)
                     client.sendall(request)
-                    self.assertEqual(receive(client, len(reply)), reply)
+                    self.assertEqual(readExactly(client, len(reply)), reply)
                     sent, received = sent + len(request), received + len(reply)
         return sent, received
 
@@ -189,9 +180,9 @@ class ExactScrapeTests(MetricsServerTestCase):
         try:
             for client in held:
                 client.sendall(b"held\n")
-                self.assertEqual(receive(client, 5), b"held\n")
+                self.assertEqual(readExactly(client, 5), b"held\n")
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as refused:
-                self.assertIn(b"server busy", receive(refused, 100))
+                self.assertIn(b"server busy", readExactly(refused, 100))
             samples = scrape(metrics)
             self.assertEqual(value(samples, "tcplab_connections_open"), 2)
         finally:
@@ -219,7 +210,7 @@ class ExactScrapeTests(MetricsServerTestCase):
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
                 client.sendall(b"hi")
-                self.assertEqual(receive(client, 2), b"hi")
+                self.assertEqual(readExactly(client, 2), b"hi")
         before = self.closedScrape(metrics, 20)
         self.assertEqual(value(before, "tcplab_connections_accepted_total"), 20)
         os.kill(pids[0], signal.SIGKILL)
@@ -242,7 +233,7 @@ class HealthTests(MetricsServerTestCase):
         self.assertEqual(get(metrics, "/")[0], 404)
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
             client.sendall(b"hold")
-            self.assertEqual(receive(client, 4), b"hold")
+            self.assertEqual(readExactly(client, 4), b"hold")
             os.kill(server.process.pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while get(metrics, "/healthz")[0] == 200 and time.monotonic() < deadline:
@@ -251,7 +242,7 @@ class HealthTests(MetricsServerTestCase):
             # Still draining: the connection is open and echoes, the metrics
             # still served.
             client.sendall(b"more")
-            self.assertEqual(receive(client, 4), b"more")
+            self.assertEqual(readExactly(client, 4), b"more")
             self.assertEqual(value(scrape(metrics), "tcplab_connections_open"), 1)
             self.assertIsNone(server.process.poll())
         self.assertEqual(server.wait(30), 0, server.log())
