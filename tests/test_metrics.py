@@ -455,6 +455,13 @@ class ResourceTests(SynchronousTestCase):
         request = render(self.site, b"/healthz")
         self.assertEqual((request.responseCode, b"".join(request.written)), (503, b"draining\n"))
 
+    def test_healthzHead(self) -> None:
+        """
+        C{HEAD /healthz} answers the same status.
+        """
+        self.health.drain()
+        self.assertEqual(render(self.site, b"/healthz", method=b"HEAD").responseCode, 503)
+
     def test_otherPaths(self) -> None:
         """
         Any other path is not found.

@@ -8,8 +8,10 @@ and with two workers; C{/healthz} fails from the moment a drain starts.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,8 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab.framing import encode
-from tests.serverprocess import ServerProcess, takenPort, twist
+from tests.serverprocess import ROOT, LoggedProcess, ServerProcess, takenPort, twist
+from tests.test_deploy import GuideTestCase, freePort
 from tests.test_metrics import Samples, parse, value
 from tests.test_robustness import readExactly
 
@@ -300,3 +303,44 @@ class MetricsOptionTests(SynchronousTestCase):
         """
         result = twist("--help")
         self.assertIn("--metrics=", result.stdout)
+
+
+GUIDE = ROOT / "docs" / "metrics.md"
+
+
+class MetricsGuideTests(GuideTestCase):
+    """
+    docs/metrics.md, as written.
+    """
+
+    def test_guide(self) -> None:
+        """
+        Its C{sh} block runs command for command, and prints what it says.
+        """
+        self.followGuide(GUIDE, 1)
+
+    def test_embeddingExample(self) -> None:
+        """
+        The embedding example serves the echo and its metrics (on free
+        ports instead of 8081 and 9108).
+        """
+        [example] = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
+        echoPort, metricsPort = freePort(), freePort()
+        program = example.replace("tcp:8081", f"tcp:{echoPort}").replace("tcp:9108", f"tcp:{metricsPort}")
+        process = LoggedProcess([sys.executable, "-c", program])
+        self.addCleanup(process.stop)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", echoPort), timeout=10)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or process.process.poll() is not None:
+                    self.fail(f"the example never listened:\n{process.log()}")
+                time.sleep(0.1)
+        with client:
+            client.sendall(b"one\ntwo\n")
+            self.assertEqual(readExactly(client, 12), b"oneSB\ntwoSB\n")
+            samples = scrape(metricsPort)
+        self.assertEqual(value(samples, "tcplab_messages_total"), 2)
+        self.assertEqual(value(samples, "tcplab_build_info", version="0.1.0", framing="line"), 1)
