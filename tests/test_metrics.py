@@ -20,18 +20,10 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 import tcplab
+from tcplab.counts import added, nothing, retired, snapshot
 from tcplab.framing import frame
 from tcplab.histogram import BUCKETS, DurationHistogram, cumulative
-from tcplab.metrics import (
-    EchoCollector,
-    Health,
-    MetricsResource,
-    added,
-    metricsSite,
-    nothing,
-    retired,
-    snapshot,
-)
+from tcplab.metrics import EchoCollector, Health, MetricsResource, metricsSite
 from tcplab.proxy import ProxyHeaderFactory
 from tcplab.server import EchoServerFactory
 from tcplab.tap import Options

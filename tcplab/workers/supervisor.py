@@ -322,7 +322,7 @@ class Supervisor(DrainingService):
             del self.workers[worker.index]
         if worker.counts is not None:
             # Counters never go down: what it did stays in the totals.
-            from tcplab.metrics import added, retired
+            from tcplab.counts import added, retired
 
             self._retired = added(self._retired, retired(worker.counts))
             worker.counts = None
@@ -405,7 +405,7 @@ class Supervisor(DrainingService):
         """
         @return: the counts of every worker, the ended ones' included.
         """
-        from tcplab.metrics import added, nothing
+        from tcplab.counts import added, nothing
 
         counts = added(nothing(udp=self.config["udp"] is not None), self._retired)
         for worker in self.workers.values():

@@ -17,7 +17,7 @@ standard descriptors:
   - 2: anything written to stderr (a traceback before logging starts);
   - the status descriptor: one JSON line when it serves (C{ready}) and one
     with its L{ServerStats} when it has drained (C{stopped}); with
-    C{--metrics}, its counts (L{tcplab.metrics.snapshot}) as C{counts} in
+    C{--metrics}, its counts (L{tcplab.counts.snapshot}) as C{counts} in
     the C{stopped} line, in the answer to each C{metrics ID} (with that
     C{id}), and every L{REPORT_SECONDS} (so that a worker killed outright
     loses at most that much from the totals).
@@ -103,7 +103,7 @@ class WorkerService(EchoService):
         Send the supervisor this worker's counts, as the answer to its
         C{query} if given.
         """
-        from tcplab.metrics import snapshot
+        from tcplab.counts import snapshot
 
         self.report(counts=snapshot(self.factory, self.datagramEcho), id=query)
 
@@ -126,7 +126,7 @@ class WorkerService(EchoService):
         if self._reporting is None:
             self.report(stopped=list(stats), udp=udp)
             return
-        from tcplab.metrics import snapshot
+        from tcplab.counts import snapshot
 
         self.report(stopped=list(stats), udp=udp, counts=snapshot(self.factory, self.datagramEcho))
 
