@@ -197,6 +197,7 @@ class MetricsResource(Resource):
     """
 
     isLeaf = True
+    _log = Logger()
 
     def __init__(
         self, collector: Collector | None = None, gather: Callable[[], Deferred[Collector]] | None = None
@@ -232,8 +233,6 @@ class MetricsResource(Resource):
 
         self.gather().addCallbacks(write, fail)
         return NOT_DONE_YET
-
-    _log = Logger()
 
 
 def metricsSite(metrics: MetricsResource, health: Health) -> Site:

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
@@ -30,6 +30,9 @@ from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, MAX_SUFFIX, DatagramEcho
+
+if TYPE_CHECKING:
+    from tcplab.metrics import Health
 
 
 class Options(coerce.CommandOptions):
@@ -273,12 +276,13 @@ class DrainingService(MultiService):
         #: listeners, and stopped only once the drain is over.
         self.metrics: IService | None = None
         self._metricsDescription = ""
-        self._health: Any = None
+        self._health: Health | None = None
 
-    def setMetrics(self, description: str, service: IService, health: Any) -> None:
+    def setMetrics(self, description: str, service: IService, health: Health) -> None:
         """
         Serve metrics with C{service}, which listens on C{description}; on
-        stopping, C{health} (a L{tcplab.metrics.Health}) is told at once.
+        stopping, C{health} is told at once (L{tcplab.metrics} is imported
+        only when metrics are served).
         """
         self.metrics = service
         self._metricsDescription = description

@@ -48,6 +48,7 @@ from tcplab.tap import (
     ListenFailed,
     _reason,
     _reportOnExit,
+    addMetrics,
     describeListening,
     udpDescription,
 )
@@ -195,7 +196,6 @@ class Supervisor(DrainingService):
         self._gatherings: list[_Gathering] = []
         if config["metrics"] is not None:
             from tcplab.metrics import MetricsResource
-            from tcplab.tap import addMetrics
 
             addMetrics(self, config, reactor, MetricsResource(gather=self.gatherMetrics))
 
