@@ -69,7 +69,7 @@ def nothing(udp: bool = False) -> dict[str, Any]:
         UDP echo if C{udp}), to add others to.
     """
     factory = EchoServerFactory()
-    factory.recordDurations()
+    factory.meter()
     return snapshot(factory, DatagramEcho() if udp else None)
 
 

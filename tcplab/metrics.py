@@ -131,14 +131,14 @@ class EchoCollector:
         registry = CollectorRegistry()
         registry.register(EchoCollector(factory))
 
-    Making it starts the factory's histogram of connection durations
-    (L{EchoServerFactory.recordDurations}).
+    Making it meters the factory (L{EchoServerFactory.meter}): make it
+    before the factory serves, for counts exact from the first connection.
     """
 
     def __init__(self, factory: EchoServerFactory, datagramEcho: DatagramEcho | None = None) -> None:
         self.factory = factory
         self.datagramEcho = datagramEcho
-        factory.recordDurations()
+        factory.meter()
 
     def collect(self) -> Iterable[Metric]:
         return families(snapshot(self.factory, self.datagramEcho), self.factory.framing)

@@ -151,6 +151,15 @@ class ExactCountTests(SynchronousTestCase):
         self.assertEqual(figures["tcplab_bytes_received_total"], 3 * len(b"".join(reads)))
         self.assertEqual(figures["tcplab_bytes_sent_total"], 3 * len(replies[0]))
 
+    def test_lineWithoutSuffix(self) -> None:
+        """
+        Without a suffix the lines are counted too (by the metered factory:
+        the collector meters it).
+        """
+        samples, replies = self.exchange("line", [b"one\ntwo\r\nth", b"ree\n"], suffix=b"")
+        self.assertEqual(replies[0], b"one\ntwo\r\nthree\n")
+        self.assertEqual(value(samples, "tcplab_messages_total"), 3 * 3)
+
     def test_lineAfterHalfClose(self) -> None:
         """
         An unterminated last line, answered when the peer shuts its write
@@ -364,11 +373,11 @@ class SumTests(SynchronousTestCase):
         counts as nothing.
         """
         one = EchoServerFactory(reactor=Clock(), maxConnections=1)
-        one.recordDurations().observe(0.5)
+        one.meter().observe(0.5)
         connect(one, 40000)
         connect(one, 40001)
         other = EchoServerFactory(reactor=Clock())
-        other.recordDurations().observe(20)
+        other.meter().observe(20)
         echo = DatagramEcho(clock=Clock())
         echo.makeConnection(FakeDatagramTransport())
         echo.datagramReceived(b"x", ("127.0.0.1", 50000))

@@ -84,7 +84,7 @@ class WorkerService(EchoService):
         self._status = status
         self._reporting: LoopingCall | None = None
         if metrics:
-            self.factory.recordDurations()
+            self.factory.meter()
             self._reporting = LoopingCall(self.reportCounts)
             self._reporting.clock = self._reactor  # type: ignore[assignment]
 
