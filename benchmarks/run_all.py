@@ -149,9 +149,12 @@ def _exchange(port: int, request: bytes, reply: bytes, count: int) -> list[socke
 
 def ratios(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str:
     """
-    @return: a table of the messages/s of each tcplab server over each anchor's.
+    @return: a table of the messages/s of each tcplab server over each
+        anchor's; nothing when no anchor was measured.
     """
     present = [name for name in anchors if name in results]
+    if not present:
+        return ""
     rows = [
         [SERVERS[name].label, *(ratio(results[name], results[anchor]) for anchor in present)]
         for name in ours
@@ -213,6 +216,8 @@ def churnTables(results: dict[str, dict], ours: list[str], anchors: list[str]) -
         for name in ours
         if name in results
     ]
+    if not present:
+        return table(headers, rows)
     return "\n\n".join(
         [
             table(headers, rows),
@@ -282,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, summary in results.items()
             ]
             print(table(["server", "msg/s", "MB/s", "p50 ms", "p99 ms", "server CPU"], rows))
-            print()
-            print(ratios(results, OURS, ANCHORS))
+            anchored = ratios(results, OURS, ANCHORS)
+            if anchored:
+                print(f"\n{anchored}")
             if compared:
                 print(f"\n{compared}")
         if args.idle:

@@ -94,3 +94,11 @@ class SettingRatiosTests(SynchronousTestCase):
         Nothing to compare without both.
         """
         self.assertEqual(run_all.settingRatios({"tcplab-raw": summary(1, 1)}, churn=False), "")
+
+    def test_noAnchorTables(self) -> None:
+        """
+        Without an anchor measured, no table of ratios to anchors is printed.
+        """
+        results = {"tcplab-raw": summary(20_000, 40e-6), "tcplab-raw-metrics": summary(19_000, 50e-6)}
+        self.assertEqual(run_all.ratios(results, run_all.OURS, run_all.ANCHORS), "")
+        self.assertNotIn("anchor", run_all.churnTables(results, run_all.OURS, run_all.ANCHORS))
