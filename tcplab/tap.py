@@ -438,24 +438,29 @@ class EchoService(DrainingService):
             self._logListening(port, where)
 
     def _logListening(self, port: IListeningPort, where: str) -> IListeningPort:
-        self._log.info(
-            "tcplab listening on {listener}",
-            listener=describeListening(where, port.getHost(), self.factory.framing, self.factory.suffix),
-        )
+        self._log.info(LISTENING, **listeningFields(where, port.getHost(), self.factory.framing, self.factory.suffix))
         return port
 
 
-def describeListening(where: str, address: IAddress, framing: str, suffix: bytes, extra: str = "") -> str:
+#: The start-up line of each listener, with the fields of L{listeningFields}.
+LISTENING = "tcplab listening on {address} ({kind}; {framing} framing{suffix}{extra})"
+
+
+def listeningFields(where: str, address: IAddress, framing: str, suffix: bytes, extra: str = "") -> dict[str, str]:
     """
-    @return: the text of a listener's start-up line after C{"tcplab
-        listening on "}: C{"127.0.0.1:8081 (TCP over IPv4; raw framing,
-        suffix 'SB')"}, with C{extra} (C{"; 2 workers"}) before the
-        closing parenthesis.
+    @return: the fields of a listener's start-up line (L{LISTENING}), which
+        reads C{"tcplab listening on 127.0.0.1:8081 (TCP over IPv4; raw
+        framing, suffix 'SB')"}, with C{extra} (C{"; 2 workers"}) before the
+        closing parenthesis; C{address} and C{kind} are also for programs
+        that read the JSON log (L{tcplab.testing}).
     """
-    kind = _describe(where, address)
-    framing = "datagram" if where.startswith("udp:") else framing
-    shown = f", suffix {suffix.decode('utf-8', 'replace')!r}" if suffix else ""
-    return f"{formatAddress(address)} ({kind}; {framing} framing{shown}{extra})"
+    return {
+        "address": formatAddress(address),
+        "kind": _describe(where, address),
+        "framing": "datagram" if where.startswith("udp:") else framing,
+        "suffix": f", suffix {suffix.decode('utf-8', 'replace')!r}" if suffix else "",
+        "extra": extra,
+    }
 
 
 def _describe(description: str, address: object) -> str:

@@ -44,12 +44,13 @@ from twisted.python.failure import Failure
 import tcplab
 from tcplab.server import ServerStats
 from tcplab.tap import (
+    LISTENING,
     DrainingService,
     ListenFailed,
     _reason,
     _reportOnExit,
     addMetrics,
-    describeListening,
+    listeningFields,
     udpDescription,
 )
 from tcplab.text import plural
@@ -294,18 +295,14 @@ class Supervisor(DrainingService):
         framing, suffix = self.config["framing"], self.config["suffix"]
         for listener in self.listeners:
             extra = f"; {self.count} workers" + (", one shared socket" if listener.shared else "")
-            self._log.info(
-                "tcplab listening on {listener}",
-                listener=describeListening(listener.description, listener.address(), framing, suffix, extra),
-            )
+            self._log.info(LISTENING, **listeningFields(listener.description, listener.address(), framing, suffix, extra))
         if self.udp is not None:
             from twisted.internet.address import IPv4Address, IPv6Address
 
             host, port = self.udp.getsockname()[:2]
             address = (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
             self._log.info(
-                "tcplab listening on {listener}",
-                listener=describeListening(udpDescription(self.config), address, framing, suffix, "; in worker 0"),
+                LISTENING, **listeningFields(udpDescription(self.config), address, framing, suffix, "; in worker 0")
             )
         self._log.info(
             "tcplab workers: {pids}",
