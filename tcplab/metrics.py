@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import pages
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -235,12 +236,19 @@ class MetricsResource(Resource):
         return NOT_DONE_YET
 
 
+class _Root(Resource):
+    # Any other path: 404, with twisted.web.pages' page (Resource's default
+    # child, NoResource, is deprecated).
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return pages.notFound()  # type: ignore[return-value]
+
+
 def metricsSite(metrics: MetricsResource, health: Health) -> Site:
     """
     @return: the web site of C{--metrics}: C{/metrics}, C{/healthz}, and
         404 for any other path.  It keeps no access log.
     """
-    root = Resource()
+    root = _Root()
     root.putChild(b"metrics", metrics)
     root.putChild(b"healthz", HealthResource(health))
     site = Site(root)
