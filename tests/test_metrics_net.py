@@ -19,8 +19,9 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab.framing import encode
-from tests.serverprocess import ROOT, LoggedProcess, ServerProcess, takenPort, twist
+from tests.serverprocess import ROOT, TWISTD, LoggedProcess, ServerProcess, takenPort, twist
 from tests.test_deploy import GuideTestCase, freePort
+from tests.test_listeners import temporaryDirectory
 from tests.test_metrics import Samples, parse, tcpFigures, value
 from tests.test_robustness import readExactly
 
@@ -286,6 +287,27 @@ class MetricsOptionTests(SynchronousTestCase):
                 result.stdout + result.stderr,
             )
             self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_twistdAddressInUse(self) -> None:
+        """
+        Under C{twistd -n} too (which starts listening before it sheds
+        privileges): status 1, the one line on stderr, no pidfile.
+        """
+        directory = temporaryDirectory(self)
+        pidfile = directory / "twistd.pid"
+        for workers in ("1", "2"):
+            with takenPort() as port:
+                result = twist(
+                    "-l", "tcp:0:interface=127.0.0.1", "--workers", workers,
+                    "--metrics", f"tcp:{port}:interface=127.0.0.1",
+                    runner=[*TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(directory / "log")],
+                )
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertEqual(
+                result.stderr.strip().splitlines(),
+                [f"tcplab: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"],
+            )
+            self.assertFalse(pidfile.exists())
 
     def test_helpNamesIt(self) -> None:
         """
