@@ -15,6 +15,11 @@ installed, the same on uvloop) under the same loads:
   - idle: 10,000 connections that exchange one message and stay open:
     server RSS per connection.
 
+C{--servers tcplab-raw,tcplab-raw-metrics} measures tcplab raw without and
+with C{--metrics} (scraped 4 times a second all along), side by side, and
+ends each table with the ratio of the two (the metrics server is measured
+only when named).
+
 Each server runs in its own subprocess (epoll reactor for Twisted) on
 127.0.0.1, port 0, pinned to CPU 0; the load generator (C{tcplab.bench},
 which checks every reply byte for byte) is pinned to CPU 1.  Each table
@@ -38,12 +43,25 @@ from benchmarks.harness import GENERATOR_CPU, SERVER_CPU, Load, bench, machine, 
 from benchmarks.servers import HOST, SERVERS, ServerProcess, raiseFileLimit
 from tcplab.framing import encode
 
-OURS = ["tcplab-raw", "tcplab-line", "tcplab-length", "tcplab-raw-logged", "tcplab-raw-logged-all"]
+OURS = [
+    "tcplab-raw",
+    "tcplab-line",
+    "tcplab-length",
+    "tcplab-raw-metrics",
+    "tcplab-raw-logged",
+    "tcplab-raw-logged-all",
+]
 ANCHORS = ["wire-echo", "line-receiver", "int32-receiver", "asyncio", "uvloop"]
 
 #: Servers measured only where connections are short (the settings they
 #: change cost nothing per message).
 CHURN_ONLY = ["tcplab-raw-logged", "tcplab-raw-logged-all"]
+
+#: Servers measured only when C{--servers} names them.
+NAMED_ONLY = ["tcplab-raw-metrics"]
+
+#: Each server measured against the same server without one setting.
+COMPARED = {"tcplab-raw-metrics": "tcplab-raw"}
 
 
 @dataclass(frozen=True)
@@ -131,15 +149,37 @@ def _exchange(port: int, request: bytes, reply: bytes, count: int) -> list[socke
 
 def ratios(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str:
     """
-    @return: a table of the messages/s of each tcplab server over each anchor's.
+    @return: a table of the messages/s of each tcplab server over each
+        anchor's; nothing when no anchor was measured.
     """
     present = [name for name in anchors if name in results]
+    if not present:
+        return ""
     rows = [
         [SERVERS[name].label, *(ratio(results[name], results[anchor]) for anchor in present)]
         for name in ours
         if name in results
     ]
     return table(["tcplab / anchor", *(SERVERS[anchor].label for anchor in present)], rows)
+
+
+def settingRatios(results: dict[str, dict], churn: bool) -> str:
+    """
+    @return: for each server of L{COMPARED} measured with the one it is
+        compared to, a line giving the ratio of their messages/s (of their
+        connections/s for C{churn}, and of the server CPU time per
+        connection, the other's over this one's: more than 1x is cheaper).
+    """
+    key = "connectionsPerSecond" if churn else "messagesPerSecond"
+    lines = []
+    for name, other in COMPARED.items():
+        if name in results and other in results:
+            line = f"{SERVERS[name].label} / {SERVERS[other].label}: {results[name][key] / results[other][key]:.3f}x {key}"
+            if churn:
+                cost = results[other]["serverCpuPerConnection"] / results[name]["serverCpuPerConnection"]
+                line += f", {cost:.3f}x server CPU per connection (without's / with's)"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def churnTables(results: dict[str, dict], ours: list[str], anchors: list[str]) -> str:
@@ -176,6 +216,8 @@ def churnTables(results: dict[str, dict], ours: list[str], anchors: list[str]) -
         for name in ours
         if name in results
     ]
+    if not present:
+        return table(headers, rows)
     return "\n\n".join(
         [
             table(headers, rows),
@@ -210,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [name for name, server in SERVERS.items() if server.available()]
     if args.servers:
         names = [name for name in args.servers.split(",") if name in names]
+    else:
+        names = [name for name in names if name not in NAMED_ONLY]
     missing = sorted(set(SERVERS) - set(names))
 
     info = machine()
@@ -225,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             measured = [name for name in names if scenario.reconnect or name not in CHURN_ONLY]
             results = throughput(measured, scenario, args.duration, args.repeat)
             print(f"\n## {scenario.name}\n")
+            compared = settingRatios(results, churn=bool(scenario.reconnect))
             if scenario.reconnect:
                 print(churnTables(results, OURS, ANCHORS))
+                if compared:
+                    print(f"\n{compared}")
                 continue
             rows = [
                 [
@@ -240,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name, summary in results.items()
             ]
             print(table(["server", "msg/s", "MB/s", "p50 ms", "p99 ms", "server CPU"], rows))
-            print()
-            print(ratios(results, OURS, ANCHORS))
+            anchored = ratios(results, OURS, ANCHORS)
+            if anchored:
+                print(f"\n{anchored}")
+            if compared:
+                print(f"\n{compared}")
         if args.idle:
             # The generator's own sockets and the server's both need descriptors.
             limit = raiseFileLimit(args.idle + 100)

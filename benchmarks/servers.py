@@ -44,7 +44,14 @@ class Server:
     available: Callable[[], bool] = lambda: True
 
 
-def _runTwisted(makeFactory: Callable[[], object]) -> Callable[[Callable[[int], None]], None]:
+def _runTwisted(makeFactory: Callable[[], object], metrics: bool = False) -> Callable[[Callable[[int], None]], None]:
+    """
+    @param metrics: also serve C{/metrics} and C{/healthz} as C{twist
+        tcplab --metrics} does (the factory's L{EchoCollector}, on a port
+        of its own), scraped L{SCRAPES_PER_SECOND} times a second all along
+        by another process (L{benchmarks.scraper}).
+    """
+
     def run(ready: Callable[[int], None]) -> None:
         from twisted.internet import epollreactor
 
@@ -53,11 +60,29 @@ def _runTwisted(makeFactory: Callable[[], object]) -> Callable[[Callable[[int], 
 
         _logAsTwistDoes()
 
-        port = reactor.listenTCP(0, makeFactory(), backlog=1024, interface=HOST)
+        factory = makeFactory()
+        port = reactor.listenTCP(0, factory, backlog=1024, interface=HOST)
+        if metrics:
+            from benchmarks.harness import GENERATOR_CPU
+            from tcplab.metrics import EchoCollector, Health, MetricsResource, metricsSite
+
+            site = metricsSite(MetricsResource(EchoCollector(factory)), Health())  # type: ignore[arg-type]
+            metricsPort = reactor.listenTCP(0, site, interface=HOST).getHost().port
+            scraper = subprocess.Popen(
+                pinned(
+                    [sys.executable, "-m", "benchmarks.scraper", str(metricsPort), str(SCRAPES_PER_SECOND)],
+                    GENERATOR_CPU,
+                )
+            )
+            reactor.addSystemEventTrigger("before", "shutdown", scraper.terminate)
         ready(port.getHost().port)
         reactor.run()
 
     return run
+
+
+#: How often the metrics servers are scraped while they are measured.
+SCRAPES_PER_SECOND = 4
 
 
 def _logAsTwistDoes() -> None:
@@ -185,6 +210,13 @@ SERVERS: dict[str, Server] = {
         Server("tcplab-raw", "tcplab raw", "raw", b"", _runTwisted(_tcplab("raw", b""))),
         Server("tcplab-line", "tcplab line+SB", "line", SUFFIX, _runTwisted(_tcplab("line", SUFFIX))),
         Server("tcplab-length", "tcplab length+SB", "length", SUFFIX, _runTwisted(_tcplab("length", SUFFIX))),
+        Server(
+            "tcplab-raw-metrics",
+            "tcplab raw --metrics",
+            "raw",
+            b"",
+            _runTwisted(_tcplab("raw", b""), metrics=True),
+        ),
         Server(
             "tcplab-raw-logged",
             "tcplab raw --log-connections",

@@ -179,6 +179,7 @@ class ProxyHeaderProtocol(HalfCloseableWrapper):
     def _reject(self, reason: str, data: bytes) -> None:
         self._done = True
         self._stopTimer()
+        self.factory.countRefused("proxy-header")
         self._log.warn(
             "{proxy}: {reason}, got '{start}'; closing",
             proxy=self._proxy(),
@@ -190,6 +191,7 @@ class ProxyHeaderProtocol(HalfCloseableWrapper):
     def _timedOut(self) -> None:
         self._timer = None
         self._done = True
+        self.factory.countRefused("proxy-header")
         self._log.warn(
             "{proxy}: no complete PROXY header within {seconds:g} s; closing",
             proxy=self._proxy(),
@@ -263,6 +265,7 @@ class ProxyHeaderFactory(WrappingFactory):
     def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol | None:  # type: ignore[override]
         pending = sum(1 for protocol in self.protocols if protocol.wrappedProtocol is None)
         if self.maxPending and pending >= self.maxPending:
+            self.countRefused("proxy-busy")
             self._log.warn(
                 "{proxy}: {pending} connections already wait for their PROXY header; closing",
                 proxy=formatAddress(addr),
@@ -270,6 +273,21 @@ class ProxyHeaderFactory(WrappingFactory):
             )
             return None
         return self.protocol(self)
+
+    def countRefused(self, reason: str) -> None:
+        """
+        Count a connection closed before the echo saw it (its header bad,
+        missing or late: C{"proxy-header"}; too many waiting for theirs:
+        C{"proxy-busy"}) with the echo's refusals
+        (L{tcplab.server.EchoServerFactory.countRefused}), through any
+        wrapping factory in between (the fault layer).
+        """
+        factory = self.wrappedFactory
+        while not hasattr(factory, "countRefused") and hasattr(factory, "wrappedFactory"):
+            factory = factory.wrappedFactory
+        count = getattr(factory, "countRefused", None)
+        if count is not None:
+            count(reason)
 
     def logPrefix(self) -> str:
         return f"{self.wrappedFactory.logPrefix()} (PROXY)"

@@ -39,6 +39,7 @@ from tcplab.framing import (
     headers,
     stripLineEnding,
 )
+from tcplab.histogram import DurationHistogram
 from tcplab.messagelog import LogBudget, MessageLog
 from tcplab.text import plural
 
@@ -79,6 +80,8 @@ class EchoProtocol(Protocol):
         last replies (and its peer to close) before it is aborted.
     @ivar bytesIn: bytes received on this connection.
     @ivar bytesOut: bytes of replies written on this connection.
+    @ivar messages: messages answered on this connection (in raw framing,
+        reads answered): counted per read, by the batch, never per message.
     """
 
     framing = "raw"
@@ -109,6 +112,7 @@ class EchoProtocol(Protocol):
         self.closeTimeout = closeTimeout
         self.bytesIn = 0
         self.bytesOut = 0
+        self.messages = 0
         self._decoder = decoderFor(self.framing, maxLength)
         # Every attribute is set here, always in this order: CPython then
         # shares one key table between all the protocols' dictionaries, which
@@ -128,7 +132,8 @@ class EchoProtocol(Protocol):
         self._activeAt = 0.0
         # What the drain check saw last of bytesIn.
         self._seenBytesIn = 0
-        # When the connection was made (clock seconds), for the connection log.
+        # When the connection was made (clock seconds), for the connection
+        # log and the factory's histogram of durations.
         self._connectedAt: float | None = None
 
     @property
@@ -153,7 +158,7 @@ class EchoProtocol(Protocol):
             # Nothing but the notice is in flight: a moment to read it is enough.
             self._closeWith(self._refusal, self.refuseTimeout)
             return
-        if self.logConnections and self.clock is not None:
+        if self.clock is not None:
             self._connectedAt = self._activeAt
 
     def dataReceived(self, data: bytes) -> None:
@@ -265,6 +270,8 @@ class EchoProtocol(Protocol):
             self._seenActivity, self._activeAt = activity, now
         elif now - self._activeAt >= timeout and not (self._closing or self._draining):
             self._log.info("{peer} idle for {seconds} seconds; closing", peer=self.peer, seconds=timeout)
+            if self.factory is not None:
+                self.factory.idleTimeouts += 1
             self.close()
 
     def drain(self) -> None:
@@ -361,6 +368,7 @@ class EchoProtocol(Protocol):
 
     def _answer(self, messages: Sequence[bytes]) -> None:
         if messages:
+            self.messages += len(messages)
             if self.logMessages:
                 self._logMessages(messages)
             # Batching: one write carries the replies to every message of this read.
@@ -414,6 +422,8 @@ class EchoProtocol(Protocol):
         log.write(messages[: log.admit(len(messages))])
 
     def _rejectTooLong(self, error: MessageTooLong) -> None:
+        if self.factory is not None:
+            self.factory.tooLong += 1
         self._log.warn(
             "{peer} sent a message of {lengthBytes} or more, over the "
             "{maxLength}-byte limit; closing the connection",
@@ -490,6 +500,7 @@ class RawEchoProtocol(EchoProtocol):
         if self.logMessages:
             self._logMessages([data])
         self.bytesIn += len(data)
+        self.messages += 1
         self._send(data + self.suffix)
 
 
@@ -511,7 +522,18 @@ class LineEchoProtocol(EchoProtocol):
     def _answerBatch(self, block: bytes) -> None:  # type: ignore[override]
         if self.logMessages:
             self._logBlock(block)
-        self._send(self.replyToBlock(block))
+        reply = self.replyToBlock(block)
+        suffix = len(self.suffix)
+        if suffix:
+            # Each line's reply is one suffix longer than the line: the
+            # lengths count the lines, for nothing.
+            self.messages += (len(reply) - len(block)) // suffix
+        elif self.factory is not None and self.factory.metered:
+            # Without a suffix only a count of the block's "\n" does: a
+            # C-level pass over the block (about 0.3 ns a byte), so only when
+            # the counts are read (EchoServerFactory.meter).
+            self.messages += block.count(b"\n")
+        self._send(reply)
 
     def replyToBlock(self, block: bytes) -> bytes:
         """
@@ -565,6 +587,7 @@ class LengthEchoProtocol(EchoProtocol):
             return
         # Hot path for fixed-size records: every frame of this read has one
         # length, so one header serves them all and one join lays them out.
+        self.messages += len(payloads)
         suffix = self.suffix
         framed = headers(len(suffix))(length)
         self._send(framed + (suffix + framed).join(payloads) + suffix)
@@ -639,6 +662,16 @@ class EchoServerFactory(Factory):
     @ivar connections: the protocols of the connections now open.
     @ivar served: how many connections this factory has accepted.
     @ivar refused: how many connections a limit turned away.
+    @ivar refusedBy: connections turned away, by reason: C{"busy"}
+        (C{maxConnections}), C{"peer"} (C{maxPerPeer}), C{"once"} (after
+        C{maxServed}), and what wrappers count with L{countRefused}
+        (C{"proxy-header"}, C{"proxy-busy"}).
+    @ivar tooLong: connections closed for a line or frame over C{maxLength}.
+    @ivar idleTimeouts: connections closed for idling C{idleTimeout} seconds.
+    @ivar metered: whether L{meter} was called: the counts that cost
+        something are kept too.
+    @ivar durations: how long the connections served lasted, once L{meter}
+        was called; L{None} before.
     """
 
     protocols: dict[str, type[EchoProtocol]] = {
@@ -740,6 +773,11 @@ class EchoServerFactory(Factory):
         self.connections: set[EchoProtocol] = set()
         self.served = 0
         self.refused = 0
+        self.refusedBy: dict[str, int] = {}
+        self.tooLong = 0
+        self.idleTimeouts = 0
+        self.metered = False
+        self.durations: DurationHistogram | None = None
         self._perPeer: Counter[str] = Counter()
         # The peer host of each connection that holds a slot (open and not
         # closing), as counted when it was admitted; None when no per-peer
@@ -747,6 +785,7 @@ class EchoServerFactory(Factory):
         self._hosts: dict[EchoProtocol, str | None] = {}
         self._closedBytesIn = 0
         self._closedBytesOut = 0
+        self._closedMessages = 0
         self._servedWaiters: list[Deferred[None]] = []
         self._closedWaiters: list[Deferred[None]] = []
         self._idleSweep: LoopingCall | None = None
@@ -764,6 +803,7 @@ class EchoServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress) -> EchoProtocol | None:  # type: ignore[override]
         if self.maxServed is not None and self.served >= self.maxServed:
+            self.countRefused("once")
             self._log.info(
                 "refusing {peer}: already served {served}",
                 peer=formatAddress(addr),
@@ -826,10 +866,11 @@ class EchoServerFactory(Factory):
         host = _hostOf(protocol.transport.getPeer()) if self.maxPerPeer else None
         reason = self._refusal(host)
         if reason is None and self.sharedLimits is not None:
-            reason = self._reasons.get(self.sharedLimits.acquire(host))
+            reason = self.sharedLimits.acquire(host)
         if reason is not None:
             self.refused += 1
-            return reason
+            self.countRefused(reason)
+            return self._reasons[reason]
         self.served += 1
         self.connections.add(protocol)
         self._hosts[protocol] = host
@@ -863,6 +904,9 @@ class EchoServerFactory(Factory):
         self.release(protocol)
         self._closedBytesIn += protocol.bytesIn
         self._closedBytesOut += protocol.bytesOut
+        self._closedMessages += protocol.messages
+        if self.durations is not None and protocol._connectedAt is not None:
+            self.durations.observe(self.reactor.seconds() - protocol._connectedAt)
         if not self.connections:
             waiters = self._closedWaiters
             if self._isServed():
@@ -871,6 +915,38 @@ class EchoServerFactory(Factory):
             self._closedWaiters = []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def countRefused(self, reason: str) -> None:
+        """
+        Count one connection turned away for C{reason} (see L{refusedBy}):
+        by this factory, or by a wrapper before it reached this factory (a
+        PROXY header missing or bad).
+        """
+        self.refusedBy[reason] = self.refusedBy.get(reason, 0) + 1
+
+    def messagesAnswered(self) -> int:
+        """
+        @return: messages answered so far (in raw framing, reads answered),
+            on every connection, open or closed.
+        """
+        return self._closedMessages + sum(protocol.messages for protocol in self.connections)
+
+    def meter(self) -> DurationHistogram:
+        """
+        Keep, from now on, the counts that cost something, for metrics
+        (L{tcplab.metrics.EchoCollector} calls this): how long each
+        connection lasts (one clock reading and one bisection when it
+        closes), and in line framing without a suffix the lines of each
+        read (a C-level count; with a suffix, and in the other framings,
+        the messages are always counted, for nothing).  Call it before
+        serving, for counts that are exact from the first connection.
+
+        @return: the histogram of durations (L{durations}).
+        """
+        self.metered = True
+        if self.durations is None:
+            self.durations = DurationHistogram()
+        return self.durations
 
     def stats(self) -> ServerStats:
         """
@@ -953,13 +1029,13 @@ class EchoServerFactory(Factory):
         if self.maxConnections and (
             len(self._hosts) >= self.maxConnections or len(self.connections) >= 2 * self.maxConnections
         ):
-            return self._reasons["busy"]
+            return "busy"
         if host is not None and self._perPeer.get(host, 0) >= self.maxPerPeer:
-            return self._reasons["peer"]
+            return "peer"
         return None
 
     @property
-    def _reasons(self) -> dict[str | None, str]:
+    def _reasons(self) -> dict[str, str]:
         # What a refused peer is told, by the limit that refused it.
         return {
             "busy": f"server busy ({plural(self.maxConnections, 'connection')}); try again later",

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
@@ -30,6 +30,9 @@ from tcplab.framing import MAX_FRAME_PAYLOAD, checkSuffix
 from tcplab.proxy import ProxyHeaderEndpoint
 from tcplab.server import EchoServerFactory, ServerStats
 from tcplab.udp import MAX_PACKET_SIZE, MAX_SUFFIX, DatagramEcho
+
+if TYPE_CHECKING:
+    from tcplab.metrics import Health
 
 
 class Options(coerce.CommandOptions):
@@ -63,6 +66,14 @@ class Options(coerce.CommandOptions):
     optParameters = [
         ["udp", None, None, "Also echo UDP datagrams on this port", coerce.port],
         ["udp-interface", None, defaults.HOST, "The address the UDP echo binds to."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics (Prometheus) and /healthz (200, 503 once stopping) over HTTP on this "
+            "Twisted server endpoint, e.g. tcp:9108:interface=127.0.0.1 (default: off); with --workers, "
+            "the sum of all workers.",
+        ],
         [
             "udp-rate",
             None,
@@ -200,6 +211,11 @@ class Options(coerce.CommandOptions):
             )
         if not self["listen"]:
             self["listen"] = [defaults.LISTEN]
+        if self["metrics"] is not None:
+            try:
+                _checkEndpoint(self["metrics"])
+            except usage.UsageError as error:
+                raise usage.UsageError(f"--metrics: {error}") from None
         longest = MAX_FRAME_PAYLOAD - len(self["suffix"])
         if self["max-length"] > longest:
             raise usage.UsageError(f"--max-length must be at most {longest}")
@@ -256,6 +272,43 @@ class DrainingService(MultiService):
         super().__init__()
         self._reactor = reactor
         self._signalled = False
+        #: The C{--metrics} listener, if any: started after the echo's
+        #: listeners, and stopped only once the drain is over.
+        self.metrics: IService | None = None
+        self._metricsDescription = ""
+        self._health: Health | None = None
+
+    def setMetrics(self, description: str, service: IService, health: Health) -> None:
+        """
+        Serve metrics with C{service}, which listens on C{description}; on
+        stopping, C{health} is told at once (L{tcplab.metrics} is imported
+        only when metrics are served).
+        """
+        self.metrics = service
+        self._metricsDescription = description
+        self._health = health
+
+    def _startMetrics(self, privileged: bool) -> None:
+        if self.metrics is None:
+            return
+        start = self.metrics.privilegedStartService if privileged else self.metrics.startService
+        try:
+            start()
+        except Exception as error:
+            raise ListenFailed(f"cannot listen on {self._metricsDescription}: {_reason(error)}") from None
+
+    def _drainStarts(self) -> None:
+        # /healthz fails from now on: a load balancer stops sending
+        # connections while the open ones are finished.
+        if self._health is not None:
+            self._health.drain()
+
+    def _stopMetrics(self, result: object) -> object:
+        # After the drain: the metrics stay up until the very end.
+        if self.metrics is None or not self.metrics.running:
+            return result
+        stopped: Deferred[Any] = self.metrics.stopService()  # type: ignore[assignment]
+        return stopped.addCallback(lambda _: result)
 
     def abortAll(self) -> None:
         """
@@ -326,28 +379,32 @@ class EchoService(DrainingService):
         # twistd: listen before shedding privileges; a failure is an
         # Exception, which twistd reports (see ListenFailed).
         Service.privilegedStartService(self)
-        for child in self:
-            try:
+        try:
+            for child in self:
                 self._start(child, child.privilegedStartService)
-            except ListenFailed as failure:
-                _reportOnExit(failure)
-                raise
+            self._startMetrics(privileged=True)
+        except ListenFailed as failure:
+            _reportOnExit(failure)
+            raise
 
     def startService(self) -> None:
         # twist (and twistd, once listening): twist starts the service from
         # the running reactor, where only a SystemExit ends the process.
         Service.startService(self)
-        for child in self:
-            try:
+        try:
+            for child in self:
                 self._start(child, child.startService)
-            except ListenFailed as failure:
-                raise SystemExit(f"tcplab: {failure}") from None
+            self._startMetrics(privileged=False)
+        except ListenFailed as failure:
+            raise SystemExit(f"tcplab: {failure}") from None
         self._reactor.callWhenRunning(self._handleSignals)
 
     def stopService(self) -> Deferred[None]:
+        self._drainStarts()
         stopped: Deferred[Any] = super().stopService()  # type: ignore[assignment]
         stopped.addCallback(lambda _: self.factory.drain(self.drainTimeout))
-        return stopped.addCallback(self._logSummary)
+        stopped.addCallback(self._logSummary)
+        return stopped.addCallback(self._stopMetrics)
 
     def _logSummary(self, stats: ServerStats) -> None:
         summary = str(stats)
@@ -590,9 +647,27 @@ def buildService(config: usage.Options | dict[str, Any], reactor: IReactorCore) 
         )
         service.addListener(udpDescription(config), udp)
     applyFaults(service, Faults.fromOptions(config), reactor)
+    if config["metrics"] is not None:
+        from tcplab.metrics import EchoCollector, MetricsResource
+
+        addMetrics(service, config, reactor, MetricsResource(EchoCollector(factory, service.datagramEcho)))
     if config["once"]:
         factory.whenServed().addCallback(lambda _: reactor.stop())
     return service
+
+
+def addMetrics(
+    service: DrainingService, config: usage.Options | dict[str, Any], reactor: IReactorCore, metrics: Any
+) -> None:
+    """
+    Give C{service} the C{--metrics} listener of C{config}, serving
+    C{metrics} (a L{tcplab.metrics.MetricsResource}) and C{/healthz}.
+    """
+    from tcplab.metrics import Health, MetricsService, metricsSite
+
+    health = Health()
+    endpoint = serverFromString(reactor, config["metrics"])
+    service.setMetrics(config["metrics"], MetricsService(endpoint, metricsSite(metrics, health)), health)
 
 
 def makeService(config: Options) -> IService:

@@ -58,3 +58,47 @@ class ChurnTablesTests(SynchronousTestCase):
             run_all.main(["--scenarios", "ping-pong,marathon"])
         self.assertEqual(exit.exception.code, 2)
         self.assertIn("unknown scenario 'marathon'", err.getvalue())
+
+
+class SettingRatiosTests(SynchronousTestCase):
+    """
+    L{run_all.settingRatios} compares tcplab with C{--metrics} to tcplab
+    without, when both were measured.
+    """
+
+    def test_throughput(self) -> None:
+        """
+        The ratio of messages/s, with over without.
+        """
+        text = run_all.settingRatios(
+            {"tcplab-raw": summary(100_000, 9e-6), "tcplab-raw-metrics": summary(98_000, 9e-6)}, churn=False
+        )
+        self.assertEqual(text, "tcplab raw --metrics / tcplab raw: 0.980x messagesPerSecond")
+
+    def test_churn(self) -> None:
+        """
+        For churn, the ratio of connections/s and of the CPU per
+        connection (without's over with's).
+        """
+        text = run_all.settingRatios(
+            {"tcplab-raw": summary(20_000, 40e-6), "tcplab-raw-metrics": summary(19_000, 50e-6)}, churn=True
+        )
+        self.assertEqual(
+            text,
+            "tcplab raw --metrics / tcplab raw: 0.950x connectionsPerSecond, "
+            "0.800x server CPU per connection (without's / with's)",
+        )
+
+    def test_alone(self) -> None:
+        """
+        Nothing to compare without both.
+        """
+        self.assertEqual(run_all.settingRatios({"tcplab-raw": summary(1, 1)}, churn=False), "")
+
+    def test_noAnchorTables(self) -> None:
+        """
+        Without an anchor measured, no table of ratios to anchors is printed.
+        """
+        results = {"tcplab-raw": summary(20_000, 40e-6), "tcplab-raw-metrics": summary(19_000, 50e-6)}
+        self.assertEqual(run_all.ratios(results, run_all.OURS, run_all.ANCHORS), "")
+        self.assertNotIn("anchor", run_all.churnTables(results, run_all.OURS, run_all.ANCHORS))

@@ -253,19 +253,19 @@ class SystemdExplanationTests(SynchronousTestCase):
 
 GUIDE = ROOT / "docs" / "deploy.md"
 
-#: The ports the guide uses, each replaced by a free one per block.
-GUIDE_PORTS = ("8081", "8443", "9001", "9002")
+#: The ports the guides use, each replaced by a free one per block.
+GUIDE_PORTS = ("8081", "8443", "9001", "9002", "9101", "9102", "9108")
 
 #: A background command: C{COMMAND &}, perhaps followed by C{NAME=$!}.
 _BACKGROUND = re.compile(r"^(?P<command>.*?)\s+&(?P<rest>\s+\w+=\$!)?$")
 
 
-def guideBlocks() -> list[list[tuple[str, str]]]:
+def guideBlocks(guide: Path = GUIDE) -> list[list[tuple[str, str]]]:
     """
-    @return: each C{sh} block of docs/deploy.md as its commands, each with
-        its comment.
+    @return: each C{sh} block of C{guide} as its commands, each with its
+        comment.
     """
-    blocks = re.findall(r"```sh\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
+    blocks = re.findall(r"```sh\n(.*?)```", guide.read_text(encoding="utf-8"), re.DOTALL)
     return [
         [(command.strip(), comment.strip()) for command, _, comment in (line.partition("  #") for line in block.splitlines()) if command.strip()]
         for block in blocks
@@ -349,32 +349,38 @@ class GuideShell:
                 stream.close()
 
 
-class DeployGuideTests(SynchronousTestCase):
+class GuideTestCase(SynchronousTestCase):
     """
-    docs/deploy.md, followed command for command.
+    Follow a guide in C{docs/} command for command.
     """
 
-    def test_guide(self) -> None:
+    def followGuide(self, guide: Path, count: int) -> None:
         """
-        Every C{sh} block runs as written (ports and C{0.0.0.0} replaced, see
-        the guide's introduction), and each command prints what its comment
+        Run every C{sh} block of C{guide} (there must be C{count}) as
+        written, ports and C{0.0.0.0} replaced (see docs/deploy.md's
+        introduction), and check that each command prints what its comment
         says, or fails with it.
         """
-        from tests.test_haproxy import configFor, haproxyPath
+        from tests.test_haproxy import configFor
 
-        haproxyPath()
-        blocks = guideBlocks()
-        self.assertEqual(len(blocks), 5)
+        blocks = guideBlocks(guide)
+        self.assertEqual(len(blocks), count)
         for number, block in enumerate(blocks, 1):
             directory = temporaryDirectory(self)
             ports = {port: str(freePort()) for port in GUIDE_PORTS}
             (directory / "deploy").mkdir()
-            config = configFor(int(ports["8081"]), [int(ports["9001"]), int(ports["9002"])])
+            config = configFor(
+                int(ports["8081"]),
+                [int(ports["9001"]), int(ports["9002"])],
+                [int(ports["9101"]), int(ports["9102"])],
+            )
             (directory / "deploy" / "haproxy.cfg").write_text(config)
             shell = GuideShell(directory)
             self.addCleanup(shell.stop)
             for step, (written, comment) in enumerate(block, 1):
-                command = re.sub(r"\b(8081|8443|9001|9002)\b", lambda m, ports=ports: ports[m.group(1)], written)
+                command = re.sub(
+                    rf"\b({'|'.join(GUIDE_PORTS)})\b", lambda m, ports=ports: ports[m.group(1)], written
+                )
                 command = command.replace("interface=0.0.0.0", "interface=127.0.0.1")
                 where = f"block {number}, {written!r}"
                 background = _BACKGROUND.match(command)
@@ -407,3 +413,19 @@ class DeployGuideTests(SynchronousTestCase):
                 text = log.read_text() if log.exists() else ""
                 raise AssertionError(f"{where}: nothing listens on {ports}:\n{text}")
             time.sleep(0.05)
+
+
+class DeployGuideTests(GuideTestCase):
+    """
+    docs/deploy.md, followed command for command.
+    """
+
+    def test_guide(self) -> None:
+        """
+        Every C{sh} block runs as written, and each command prints what its
+        comment says, or fails with it.
+        """
+        from tests.test_haproxy import haproxyPath
+
+        haproxyPath()
+        self.followGuide(GUIDE, 5)

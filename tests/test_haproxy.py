@@ -20,12 +20,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.serverprocess import ROOT, LoggedProcess, ServerProcess
 from tests.test_listeners import temporaryDirectory
-from tests.test_robustness import readAll, sendInBackground
+from tests.test_robustness import readAll, readExactly, sendInBackground
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 
-#: The tcplab command line the configuration's comment gives for each instance.
-_INSTANCE = re.compile(r"#\s+twist tcplab (.*) -l haproxy:tcp:(900[12]):interface=127\.0\.0\.1")
+#: The tcplab command line the configuration's comment gives for each
+#: instance: its options, its metrics port, its echo port.
+_INSTANCE = re.compile(
+    r"#\s+twist tcplab (.*) --metrics tcp:(910[12]):interface=127\.0\.0\.1 -l haproxy:tcp:(900[12]):interface=127\.0\.0\.1"
+)
+
+#: An instance's metrics listener, from its start-up line.
+_METRICS_PORT = r"tcplab metrics on 127\.0\.0\.1:(\d+) "
 
 
 def haproxyPath() -> str:
@@ -45,15 +51,20 @@ def freePort() -> int:
         return probe.getsockname()[1]
 
 
-def configFor(frontend: int, backends: list[int]) -> str:
+def configFor(frontend: int, backends: list[int], checks: list[int]) -> str:
     """
-    @return: C{deploy/haproxy.cfg} with C{frontend} for port 8081 and
-        C{backends} for 9001 and 9002, each replaced exactly once.
+    @return: C{deploy/haproxy.cfg} with C{frontend} for port 8081,
+        C{backends} for 9001 and 9002 and C{checks} for their check ports
+        9101 and 9102, each replaced exactly once.
     """
     text = CONFIG.read_text()
+    servers = zip((9001, 9002), backends, (9101, 9102), checks, strict=True)
     for old, new in [("bind 127.0.0.1:8081", f"bind 127.0.0.1:{frontend}")] + [
-        (f"server echo{n} 127.0.0.1:{port}", f"server echo{n} 127.0.0.1:{new}")
-        for n, (port, new) in enumerate(zip((9001, 9002), backends, strict=True), 1)
+        (
+            f"server echo{n} 127.0.0.1:{port} check port {check}",
+            f"server echo{n} 127.0.0.1:{newPort} check port {newCheck}",
+        )
+        for n, (port, newPort, check, newCheck) in enumerate(servers, 1)
     ]:
         if text.count(old) != 1:
             raise AssertionError(f"deploy/haproxy.cfg should hold {old!r} once")
@@ -74,29 +85,32 @@ def lineEcho(source: str, port: int, line: bytes = b"hi\n") -> bytes:
 class HAProxyTests(SynchronousTestCase):
     """
     Two tcplab instances, started as the configuration's comment says,
-    behind HAProxy with PROXY protocol v2 and echo health checks.
+    behind HAProxy with PROXY protocol v2 and health checks of their
+    C{/healthz}.
     """
 
     def setUp(self) -> None:
         haproxy = haproxyPath()
         comment = _INSTANCE.findall(CONFIG.read_text())
-        self.assertEqual([port for _, port in comment], ["9001", "9002"])
+        self.assertEqual([ports for _, *ports in comment], [["9101", "9001"], ["9102", "9002"]])
         self.instances = []
-        for arguments, _ in comment:
+        checks = []
+        for arguments, _, _ in comment:
             # --log-messages: which instance serves which client shows in its log.
-            instance = ServerProcess(*arguments.split(), "--log-messages", listen="haproxy:tcp:0:interface=127.0.0.1")
+            instance = ServerProcess(
+                *arguments.split(), "--metrics", "tcp:0:interface=127.0.0.1", "--log-messages",
+                listen="haproxy:tcp:0:interface=127.0.0.1",
+            )
             self.addCleanup(instance.stop)
             self.instances.append(instance)
+            checks.append(int(instance.waitForLog(_METRICS_PORT).group(1)))
         self.port = freePort()
         directory = temporaryDirectory(self)
         config = directory / "haproxy.cfg"
-        config.write_text(configFor(self.port, [instance.port for instance in self.instances]))
+        config.write_text(configFor(self.port, [instance.port for instance in self.instances], checks))
         self.haproxy = LoggedProcess([haproxy, "-f", str(config), "-db"], cwd=str(directory))
         self.addCleanup(self.haproxy.stop)
-        # Both instances checked (each answered a health check), and HAProxy
-        # listening.
-        for instance in self.instances:
-            instance.waitForLog(r"message from 127\.0\.0\.1:\d+: ", timeout=20)
+        # HAProxy listening.
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -157,32 +171,42 @@ class HAProxyTests(SynchronousTestCase):
 
     def test_stoppedInstanceTakenOut(self) -> None:
         """
-        SIGTERM to the instance serving a client mid-echo: that echo still
-        completes (tcplab drains it), HAProxy marks the instance down (its
-        health check is refused), and the client's next connections are
-        served by the other instance.
+        SIGTERM to the instance serving a client: its C{/healthz} answers
+        503 at once, and HAProxy marks it down for that 503 while the
+        client's connection is still open and echoing (tcplab drains it);
+        once the client is done, the instance exits 0, and the client's
+        next connections are served by the other instance.
         """
-        data = b"".join(b"%07d\n" % n for n in range(400_000))  # 3.2 MB of lines
         with connectFrom("127.0.0.2", self.port, timeout=30) as client:
-            sender = sendInBackground(client, data)
-            received = bytearray()
-            while len(received) < 100_000:
-                received += client.recv(1 << 16)
+            client.sendall(b"first\n")
+            self.assertEqual(client.recv(100), b"first\n")
             serving = self.instanceServing("127.0.0.2")
             stopping, other = self.instances[serving], self.instances[1 - serving]
             os.kill(stopping.process.pid, signal.SIGTERM)
-            received += readAll(client)
-            sender.join(10)
-        self.assertEqual(bytes(received), data)
+            # Talk all along, or the drain would close the quiet connection.
+            down = rf"Server tcplab/echo{serving + 1} is DOWN, reason: Layer7 wrong status, code: 503"
+            deadline = time.monotonic() + 20
+            sent = 0
+            while not re.search(down, self.haproxy.log()):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"HAProxy never took echo{serving + 1} out:\n{self.haproxy.log()}")
+                line = b"%07d\n" % sent
+                client.sendall(line)
+                self.assertEqual(readExactly(client, len(line)), line)
+                sent += 1
+                time.sleep(0.05)
+            # Taken out while still draining: the connection still echoes.
+            self.assertIsNone(stopping.process.poll())
+            client.sendall(b"last\n")
+            self.assertEqual(readExactly(client, 5), b"last\n")
+        self.assertGreater(sent, 0)
         self.assertEqual(stopping.wait(30), 0)
-        self.haproxy.waitForLog(rf"Server tcplab/echo{serving + 1} is DOWN", timeout=20)
         # One client address each: --max-per-peer 1 would refuse a second
         # connection from one address that came before the first's close.
         for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
             self.assertEqual(lineEcho(source, self.port), b"hi\n")
         self.assertRegex(other.log(), r"message from 127\.0\.0\.2:\d+: hi")
         self.assertIn("tcplab stopped: served", stopping.log())
-
 
 
 class HAProxyConfigurationTests(SynchronousTestCase):

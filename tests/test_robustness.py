@@ -36,6 +36,19 @@ def readAll(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def readExactly(sock: socket.socket, size: int) -> bytes:
+    """
+    Read C{size} bytes, or until EOF if it comes first.
+    """
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 def sendInBackground(sock: socket.socket, data: bytes, halfClose: bool = True) -> threading.Thread:
     """
     Send C{data} from a thread (the server's echo must be read meanwhile),

@@ -9,6 +9,18 @@ itself, on the socket it was handed, and answers them itself.  The
 supervisor sees only each worker's log events (it logs them, so that
 C{twist}'s or C{twistd}'s log options hold for all), one status line when a
 worker serves and one when it stops.
+
+With C{--metrics}, the supervisor serves C{/metrics} and C{/healthz} for
+all the workers.  C{prometheus_client}'s multiprocess mode cannot serve
+tcplab's counts (it runs no custom collector, and tcplab counts in plain
+integers that only a collector reads), so the supervisor collects them
+itself: on each scrape it asks every worker over its control pipe, each
+answers with its counts on its status pipe, and the page shows their sum
+(L{Supervisor.gatherMetrics}).  A worker that does not answer within
+L{SCRAPE_TIMEOUT} is shown with the counts it reported last (workers also
+report every second), and the page says how many were late.  The last
+counts of a worker that ended are kept in the totals, so that counters
+never go down when a worker is replaced.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from tcplab.tap import (
     ListenFailed,
     _reason,
     _reportOnExit,
+    addMetrics,
     listeningFields,
     udpDescription,
 )
@@ -59,6 +72,9 @@ STEADY = 10.0
 #: before it is killed.
 STOP_GRACE = 5.0
 
+#: Seconds a scrape of C{/metrics} waits for every worker's counts.
+SCRAPE_TIMEOUT = 1.0
+
 
 class WorkerProcess(ProcessProtocol):
     """
@@ -80,6 +96,8 @@ class WorkerProcess(ProcessProtocol):
         self.udpSummary: str | None = None
         self.readyAt: float | None = None
         self.lastError = ""
+        #: The counts it reported last (with --metrics).
+        self.counts: dict[str, Any] | None = None
         self._buffers: dict[int, bytes] = {}
 
     def connectionMade(self) -> None:
@@ -88,7 +106,7 @@ class WorkerProcess(ProcessProtocol):
 
     def send(self, command: bytes) -> None:
         """
-        Send the worker C{stop} or C{abort}.
+        Send the worker C{stop}, C{abort} or C{metrics ID}.
         """
         if self.transport is not None:
             try:
@@ -120,6 +138,10 @@ class WorkerProcess(ProcessProtocol):
             self._log.observer(event)
         elif childFD == STATUS_FD:
             message = json.loads(line)
+            if "counts" in message:
+                self.counts = message["counts"]
+                if message.get("id") is not None:
+                    self.supervisor.workerAnswered(self, message["id"])
             if "ready" in message:
                 self.readyAt = self.supervisor.clock.seconds()
                 self.supervisor.workerReady(self)
@@ -168,12 +190,22 @@ class Supervisor(DrainingService):
         self._deadline: IDelayedCall | None = None
         #: How a failed start-up sets the exit status (replaced in tests).
         self.exitWith = _exitWith
+        # With --metrics: the counts of the worker processes that ended,
+        # and the scrapes waiting for the workers' answers.
+        self._retired: dict[str, Any] | None = None
+        self._queries = 0
+        self._gatherings: list[_Gathering] = []
+        if config["metrics"] is not None:
+            from tcplab.metrics import MetricsResource
+
+            addMetrics(self, config, reactor, MetricsResource(gather=self.gatherMetrics))
 
     def privilegedStartService(self) -> None:
         # twistd: bind before shedding privileges (as EchoService does).
         Service.privilegedStartService(self)
         try:
             self._bind()
+            self._startMetrics(privileged=True)
         except ListenFailed as failure:
             _reportOnExit(failure)
             raise
@@ -182,6 +214,7 @@ class Supervisor(DrainingService):
         Service.startService(self)
         try:
             self._bind()
+            self._startMetrics(privileged=False)
         except ListenFailed as failure:
             raise SystemExit(f"tcplab: {failure}") from None
         for index in range(self.count):
@@ -284,6 +317,14 @@ class Supervisor(DrainingService):
         """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+        if worker.counts is not None:
+            # Counters never go down: what it did stays in the totals.
+            from tcplab.counts import added, retired
+
+            self._retired = added(self._retired, retired(worker.counts))
+            worker.counts = None
+        for gathering in list(self._gatherings):
+            gathering.answered(worker)
         if worker.stats is not None:
             self._served[worker.index].append(worker.stats)
         if worker.udpSummary is not None:
@@ -318,6 +359,7 @@ class Supervisor(DrainingService):
         Stop accepting at once, drain every worker, log one summary.
         """
         Service.stopService(self)
+        self._drainStarts()
         self._stopping = True
         for restart in self._restarts.values():
             if restart.active():
@@ -332,7 +374,40 @@ class Supervisor(DrainingService):
                 worker.send(b"stop")
             timeout = self.config["drain-timeout"] + self.config["close-timeout"] + STOP_GRACE
             self._deadline = self.clock.callLater(timeout, self._killAll)
-        return self._allEnded.addCallback(self._finish)
+        return self._allEnded.addCallback(self._finish).addCallback(self._stopMetrics)
+
+    def gatherMetrics(self) -> Deferred[Any]:
+        """
+        Ask every worker that serves for its counts.
+
+        @return: a L{Deferred} that fires, once all have answered (or ended)
+            or after L{SCRAPE_TIMEOUT}, with the collector of the sum.
+        """
+        self._queries += 1
+        asked = [worker for worker in self.workers.values() if worker.readyAt is not None]
+        gathering = _Gathering(self._queries, asked, self)
+        for worker in asked:
+            worker.send(b"metrics %d" % self._queries)
+        return gathering.done
+
+    def workerAnswered(self, worker: WorkerProcess, query: int) -> None:
+        """
+        C{worker} has sent the counts that the scrape C{query} asked for.
+        """
+        for gathering in list(self._gatherings):
+            if gathering.query <= query:
+                gathering.answered(worker)
+
+    def totals(self) -> dict[str, Any]:
+        """
+        @return: the counts of every worker, the ended ones' included.
+        """
+        from tcplab.counts import added, nothing
+
+        counts = added(nothing(udp=self.config["udp"] is not None), self._retired)
+        for worker in self.workers.values():
+            counts = added(counts, worker.counts)
+        return counts
 
     def abortAll(self) -> None:
         for worker in self.workers.values():
@@ -412,3 +487,67 @@ def _exitWith(status: int) -> None:
         os._exit(status)
 
     atexit.register(exit)
+
+
+class _Gathering:
+    """
+    One scrape waiting for the counts of the workers it asked.
+
+    @ivar done: fires with a L{SupervisorCollector} once every worker asked
+        has answered or ended, or after L{SCRAPE_TIMEOUT}.
+    """
+
+    def __init__(self, query: int, workers: list[WorkerProcess], supervisor: Supervisor) -> None:
+        self.query = query
+        self.done: Deferred[Any] = Deferred()
+        self._waiting = set(workers)
+        self._supervisor = supervisor
+        supervisor._gatherings.append(self)
+        self._timer = supervisor.clock.callLater(SCRAPE_TIMEOUT, self._fire)
+        if not self._waiting:
+            self._fire()
+
+    def answered(self, worker: WorkerProcess) -> None:
+        self._waiting.discard(worker)
+        if not self._waiting:
+            self._fire()
+
+    def _fire(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self in self._supervisor._gatherings:
+            self._supervisor._gatherings.remove(self)
+            self.done.callback(SupervisorCollector(self._supervisor, late=len(self._waiting)))
+
+
+class SupervisorCollector:
+    """
+    The counts of every worker added up, as one server's
+    (L{tcplab.metrics.families}), and C{tcplab_workers} by state:
+    C{answered} (its counts are the latest), C{late} (it did not answer in
+    time: its counts are those it reported last), C{down} (ended, a
+    replacement not serving yet).
+    """
+
+    def __init__(self, supervisor: Supervisor, late: int) -> None:
+        self._supervisor = supervisor
+        self._late = late
+
+    def collect(self) -> Any:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
+        from tcplab.metrics import families
+
+        supervisor = self._supervisor
+        yield from families(supervisor.totals(), supervisor.config["framing"])
+        serving = sum(1 for worker in supervisor.workers.values() if worker.readyAt is not None)
+        workers = GaugeMetricFamily(
+            "tcplab_workers",
+            "Worker processes: answered (counts of this scrape), late (counts they reported last), "
+            "down (ended; a replacement not serving yet).",
+            labels=["state"],
+        )
+        workers.add_metric(["answered"], serving - self._late)
+        workers.add_metric(["late"], self._late)
+        workers.add_metric(["down"], supervisor.count - serving)
+        yield workers

@@ -8,14 +8,19 @@ them as C{twist tcplab} would (the same L{tcplab.tap} building blocks, the
 sockets adopted instead of bound), and talks to the supervisor over its
 standard descriptors:
 
-  - 0, from the supervisor: C{stop} (drain), C{abort} (drop what is open);
+  - 0, from the supervisor: C{stop} (drain), C{abort} (drop what is open),
+    C{metrics ID} (with C{--metrics}: report the counts now);
     end of file (the supervisor is gone) is a C{stop};
   - 1, to the supervisor: its log events, as JSON records
     (L{twisted.logger.jsonFileLogObserver}), which the supervisor logs;
     sent together every L{LOG_BATCH_SECONDS} (L{BatchedOutput});
   - 2: anything written to stderr (a traceback before logging starts);
   - the status descriptor: one JSON line when it serves (C{ready}) and one
-    with its L{ServerStats} when it has drained (C{stopped}).
+    with its L{ServerStats} when it has drained (C{stopped}); with
+    C{--metrics}, its counts (L{tcplab.counts.snapshot}) as C{counts} in
+    the C{stopped} line, in the answer to each C{metrics ID} (with that
+    C{id}), and every L{REPORT_SECONDS} (so that a worker killed outright
+    loses at most that much from the totals).
 
 SIGINT and SIGHUP are the supervisor's to handle (a terminal sends them to
 every process of its group), so they are ignored; SIGTERM drains, and a
@@ -70,28 +75,60 @@ class WorkerService(EchoService):
 
     stopSignals = (signal.SIGTERM,)
 
-    def __init__(self, *args: Any, status: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, status: int, metrics: bool = False, **kwargs: Any) -> None:
+        """
+        @param status: the descriptor of the status lines.
+        @param metrics: report the counts to the supervisor (C{--metrics}).
+        """
         super().__init__(*args, **kwargs)
         self._status = status
+        self._reporting: LoopingCall | None = None
+        if metrics:
+            self.factory.meter()
+            self._reporting = LoopingCall(self.reportCounts)
+            self._reporting.clock = self._reactor  # type: ignore[assignment]
 
     def report(self, **message: Any) -> None:
         """
-        Send the supervisor one status line (whole: a pipe write of less
-        than PIPE_BUF bytes is atomic; blocking: it goes out even while the
-        reactor shuts down).
+        Send the supervisor one status line (whole: this process alone
+        writes there; blocking: it goes out even while the reactor shuts
+        down).
         """
-        os.write(self._status, json.dumps(message).encode() + b"\n")
+        view = memoryview(json.dumps(message).encode() + b"\n")
+        while view:
+            view = view[os.write(self._status, view) :]
+
+    def reportCounts(self, query: int | None = None) -> None:
+        """
+        Send the supervisor this worker's counts, as the answer to its
+        C{query} if given.
+        """
+        from tcplab.counts import snapshot
+
+        self.report(counts=snapshot(self.factory, self.datagramEcho), id=query)
 
     def startService(self) -> None:
         super().startService()
         self.report(ready=os.getpid())
+        if self._reporting is not None:
+            self._reporting.start(REPORT_SECONDS, now=False)
+
+    def stopService(self) -> Any:
+        if self._reporting is not None and self._reporting.running:
+            self._reporting.stop()
+        return super().stopService()
 
     def _logListening(self, port: IListeningPort, where: str) -> IListeningPort:
         return port
 
     def _logSummary(self, stats: ServerStats) -> None:
         udp = self.datagramEcho.summary() if self.datagramEcho is not None else None
-        self.report(stopped=list(stats), udp=udp)
+        if self._reporting is None:
+            self.report(stopped=list(stats), udp=udp)
+            return
+        from tcplab.counts import snapshot
+
+        self.report(stopped=list(stats), udp=udp, counts=snapshot(self.factory, self.datagramEcho))
 
     def _handleSignals(self) -> None:
         for number in (signal.SIGINT, signal.SIGHUP):
@@ -151,6 +188,8 @@ class ControlReader:
                 self._service._stopReactor()
             elif line == b"abort":
                 self._service.abortAll()
+            elif line.startswith(b"metrics "):
+                self._service.reportCounts(int(line.split()[1]))
         return None
 
     def connectionLost(self, reason: Failure) -> None:
@@ -172,7 +211,13 @@ def buildWorkerService(plan: dict[str, Any], reactor: Any) -> WorkerService:
         )
         extra["sharedLimits"] = WorkerLimits(table, plan["index"])
     factory = buildFactory(config, reactor, **extra)
-    service = WorkerService(factory, reactor, drainTimeout=config["drain-timeout"], status=plan["status"])
+    service = WorkerService(
+        factory,
+        reactor,
+        drainTimeout=config["drain-timeout"],
+        status=plan["status"],
+        metrics=config.get("metrics") is not None,
+    )
     for listener in plan["listeners"]:
         parse = adoptingEndpoint(listener["fd"], listener["family"])
         description = listener["description"]
@@ -214,6 +259,9 @@ def main(argv: list[str]) -> None:
     finally:
         output.send()
 
+
+#: Seconds between two reports of a worker's counts (with C{--metrics}).
+REPORT_SECONDS = 1.0
 
 #: Seconds a worker's log events wait to be sent to the supervisor together.
 LOG_BATCH_SECONDS = 0.05
