@@ -46,7 +46,7 @@ def snapshot(factory: EchoServerFactory, datagramEcho: DatagramEcho | None = Non
         "messages": factory.messagesAnswered(),
         "tooLong": factory.tooLong,
         "idleTimeouts": factory.idleTimeouts,
-        "durations": None if durations is None else {"counts": list(durations.counts), "sum": durations.total},
+        "durations": None if durations is None else {"counts": list(durations.counts), "microseconds": durations.microseconds},
         "udp": None,
     }
     if datagramEcho is not None:

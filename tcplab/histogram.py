@@ -20,21 +20,24 @@ class DurationHistogram:
 
     @ivar counts: durations at most each bound of L{BUCKETS}, not added up
         (the bucket of the first bound they fit), then those over the last.
-    @ivar total: the sum of the durations, in seconds.
+    @ivar microseconds: the sum of the durations, in whole microseconds:
+        an integer, so that sums added up in any order (the workers', a
+        replaced worker's) are the same and a total never goes down, as a
+        float's rounding would make it now and then.
     """
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "microseconds")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
-        self.total = 0.0
+        self.microseconds = 0
 
     def observe(self, seconds: float) -> None:
         """
         Count one duration of C{seconds}.
         """
         self.counts[bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
+        self.microseconds += round(seconds * 1_000_000)
 
 
 def cumulative(counts: list[int]) -> list[tuple[float, int]]:

@@ -33,8 +33,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.resource import Resource
@@ -99,7 +101,7 @@ def families(counts: dict[str, Any], framing: str) -> Iterator[Metric]:
             "tcplab_connection_duration_seconds",
             "How long the TCP connections served lasted, counted when they closed.",
             buckets=[(floatToGoString(bound), count) for bound, count in cumulative(durations["counts"])],
-            sum_value=durations["sum"],
+            sum_value=durations["microseconds"] / 1_000_000,
         )
     udp = counts["udp"]
     if udp is not None:
@@ -238,9 +240,27 @@ class MetricsResource(Resource):
 
 class _Root(Resource):
     # Any other path: 404, with twisted.web.pages' page (Resource's default
-    # child, NoResource, is deprecated).
+    # child, NoResource, is deprecated); below /metrics and /healthz too
+    # (both are leaves, which would serve /metrics/anything).
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if request.postpath:
+            return pages.notFound()  # type: ignore[return-value]
+        return super().getChildWithDefault(path, request)  # type: ignore[no-any-return]
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         return pages.notFound()  # type: ignore[return-value]
+
+
+class _QuietSite(Site):
+    """
+    A L{Site} that writes no access log: a load balancer's health check
+    every second would be 86,400 lines a day.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
 
 
 def metricsSite(metrics: MetricsResource, health: Health) -> Site:
@@ -251,9 +271,64 @@ def metricsSite(metrics: MetricsResource, health: Health) -> Site:
     root = _Root()
     root.putChild(b"metrics", metrics)
     root.putChild(b"healthz", HealthResource(health))
-    site = Site(root)
-    site.noisy = False
-    return site
+    return _QuietSite(root)
+
+
+#: Connections the metrics listener holds at once; more are closed at once.
+#: Prometheus and a load balancer need a few; the cap keeps idle or slow
+#: clients from taking the file descriptors the echo needs.
+MAX_METRICS_CONNECTIONS = 64
+
+#: Seconds a connection to the metrics listener may last, requests and
+#: keep-alive included: a scrape takes milliseconds, and a client sending
+#: its request a byte at a time (which the site's idle timeout does not
+#: stop) is closed all the same.
+METRICS_CONNECTION_LIFETIME = 30.0
+
+
+class _BoundedConnection(ProtocolWrapper):
+    def __init__(self, factory: BoundedFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._expiry: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        factory: BoundedFactory = self.factory  # type: ignore[assignment]
+        self._expiry = factory.clock.callLater(factory.lifetime, transport.abortConnection)
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        super().connectionLost(reason)
+
+
+class BoundedFactory(WrappingFactory):
+    """
+    Wrap a factory so that at most C{maxConnections} of its connections are
+    open at once (another is closed as soon as it is accepted) and each
+    lasts at most C{lifetime} seconds (then it is aborted).
+    """
+
+    protocol = _BoundedConnection  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        wrappedFactory: Any,
+        clock: IReactorTime,
+        maxConnections: int = MAX_METRICS_CONNECTIONS,
+        lifetime: float = METRICS_CONNECTION_LIFETIME,
+    ) -> None:
+        super().__init__(wrappedFactory)
+        self.clock = clock
+        self.maxConnections = maxConnections
+        self.lifetime = lifetime
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.maxConnections:
+            return None
+        return super().buildProtocol(addr)
 
 
 class MetricsService(StreamServerEndpointService):
@@ -266,7 +341,7 @@ class MetricsService(StreamServerEndpointService):
     _raiseSynchronously = True
     _log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, site: Site) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, site: Any) -> None:
         super().__init__(endpoint, site)
 
     def privilegedStartService(self) -> None:

@@ -663,11 +663,12 @@ def addMetrics(
     Give C{service} the C{--metrics} listener of C{config}, serving
     C{metrics} (a L{tcplab.metrics.MetricsResource}) and C{/healthz}.
     """
-    from tcplab.metrics import Health, MetricsService, metricsSite
+    from tcplab.metrics import BoundedFactory, Health, MetricsService, metricsSite
 
     health = Health()
     endpoint = serverFromString(reactor, config["metrics"])
-    service.setMetrics(config["metrics"], MetricsService(endpoint, metricsSite(metrics, health)), health)
+    site = BoundedFactory(metricsSite(metrics, health), reactor)  # type: ignore[arg-type]
+    service.setMetrics(config["metrics"], MetricsService(endpoint, site), health)
 
 
 def makeService(config: Options) -> IService:

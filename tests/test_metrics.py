@@ -23,7 +23,7 @@ import tcplab
 from tcplab.counts import added, nothing, retired, snapshot
 from tcplab.framing import frame
 from tcplab.histogram import BUCKETS, DurationHistogram, cumulative
-from tcplab.metrics import EchoCollector, Health, MetricsResource, metricsSite
+from tcplab.metrics import BoundedFactory, EchoCollector, Health, MetricsResource, metricsSite
 from tcplab.proxy import ProxyHeaderFactory
 from tcplab.server import EchoServerFactory
 from tcplab.tap import Options
@@ -385,7 +385,7 @@ class SumTests(SynchronousTestCase):
         self.assertEqual((total["accepted"], total["open"], total["refused"]), (1, 1, {"busy": 1}))
         self.assertEqual(total["durations"]["counts"][BUCKETS.index(0.5)], 1)
         self.assertEqual(total["durations"]["counts"][BUCKETS.index(30.0)], 1)
-        self.assertEqual(total["durations"]["sum"], 20.5)
+        self.assertEqual(total["durations"]["microseconds"], 20_500_000)
         self.assertEqual(total["udp"]["datagrams"], 1)
 
     def test_retired(self) -> None:
@@ -397,6 +397,20 @@ class SumTests(SynchronousTestCase):
         connect(factory)
         counts = retired(snapshot(factory))
         self.assertEqual((counts["accepted"], counts["open"]), (1, 0))
+
+    def test_sumInAnyOrder(self) -> None:
+        """
+        The sum of durations is kept in whole microseconds: added up in any
+        order (the workers' and the ended ones'), it is the same, so that the
+        total a supervisor shows never goes down when a worker is replaced.
+        """
+        parts = []
+        for seconds in (0.1, 0.2, 0.30000001, 96.0667):
+            histogram = DurationHistogram()
+            histogram.observe(seconds)
+            parts.append(histogram.microseconds)
+        self.assertEqual((parts[0] + parts[1]) + parts[2], parts[0] + (parts[2] + parts[1]))
+        self.assertEqual(parts, [100_000, 200_000, 300_000, 96_066_700])
 
     def test_cumulative(self) -> None:
         """
@@ -467,8 +481,26 @@ class ResourceTests(SynchronousTestCase):
         """
         Any other path is not found.
         """
-        for path in (b"/", b"/foo", b"/metricsx"):
+        for path in (b"/", b"/foo", b"/metricsx", b"/metrics/x", b"/healthz/x"):
             self.assertEqual(render(self.site, path).responseCode, 404, path)
+
+    def test_noAccessLog(self) -> None:
+        """
+        The site writes no access log line for a request.
+        """
+        events: list[dict] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.site.startFactory()
+        self.addCleanup(self.site.stopFactory)
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"serving", transport.value())
+        self.assertEqual(events, [])
 
     def test_collectorOrGather(self) -> None:
         """
@@ -568,3 +600,109 @@ class SupervisorSumTests(SynchronousTestCase):
         self.assertEqual(value(samples, "tcplab_connections_accepted_total"), 7)
         self.assertEqual(value(samples, "tcplab_connections_open"), 1)
         self.assertEqual(value(samples, "tcplab_workers", state="down"), 1)
+
+
+class BoundedFactoryTests(SynchronousTestCase):
+    """
+    The metrics listener's connections are capped in number and in time.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = metricsSite(MetricsResource(EchoCollector(EchoServerFactory(reactor=Clock()))), Health())
+        self.factory = BoundedFactory(self.site, self.clock, maxConnections=2, lifetime=30)
+
+    def connect(self) -> tuple[object, StringTransport]:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        if protocol is not None:
+            protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_cap(self) -> None:
+        """
+        Past C{maxConnections} open at once, a connection is refused (no
+        protocol: the reactor closes it); once one closes, another is served.
+        """
+        first, _ = self.connect()
+        self.connect()
+        refused, _ = self.connect()
+        self.assertIsNone(refused)
+        first.connectionLost(Failure(ConnectionDone()))
+        again, _ = self.connect()
+        self.assertIsNotNone(again)
+
+    def test_lifetime(self) -> None:
+        """
+        A connection still open after C{lifetime} seconds, a slow request
+        included, is aborted; one that closed before leaves no timer.
+        """
+        slow, transport = self.connect()
+        slow.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x")
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        done, _ = self.connect()
+        done.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
+
+    def test_served(self) -> None:
+        """
+        Within the bounds, the site answers as it does alone.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertIn(b"serving", transport.value())
+
+
+class WorkerReportTests(SynchronousTestCase):
+    """
+    A worker's reports of its counts never block its echo.
+    """
+
+    def setUp(self) -> None:
+        import os
+
+        from tcplab.workers.worker import WorkerService
+
+        read, self.write = os.pipe()
+        self.read = read
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, self.write)
+        self.service = WorkerService(
+            EchoServerFactory(reactor=Clock()), MemoryReactorClock(), status=self.write, metrics=True
+        )
+
+    def test_reported(self) -> None:
+        """
+        With room in the status pipe, the counts go out, whole.
+        """
+        import os
+
+        self.service.reportCounts(7)
+        message = json.loads(os.read(self.read, 65536))
+        self.assertEqual((message["id"], message["counts"]["accepted"]), (7, 0))
+
+    def test_fullPipeSkipped(self) -> None:
+        """
+        A full status pipe (a supervisor that stopped reading) makes the
+        worker leave a report out rather than wait: the call returns, and
+        nothing half-written is left in the pipe.
+        """
+        import os
+
+        os.set_blocking(self.write, False)
+        written = 0
+        try:
+            while True:
+                written += os.write(self.write, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(self.write, True)
+        self.service.reportCounts(8)  # Would block for ever if it wrote.
+        left = b""
+        while len(left) < written:
+            left += os.read(self.read, 65536)
+        self.assertEqual(left, b"x" * written)

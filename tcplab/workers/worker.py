@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 from typing import Any
 
@@ -101,11 +102,17 @@ class WorkerService(EchoService):
     def reportCounts(self, query: int | None = None) -> None:
         """
         Send the supervisor this worker's counts, as the answer to its
-        C{query} if given.
+        C{query} if given, if the status pipe has room for them now: a
+        supervisor that stops reading (stopped, or blocked on its own
+        output) must not stop the echo, as a blocking write to a full pipe
+        would.  A report left out loses nothing (each holds every count so
+        far): the supervisor shows the last one it has, as for a late worker.
         """
         from tcplab.counts import snapshot
 
-        self.report(counts=snapshot(self.factory, self.datagramEcho), id=query)
+        _, writable, _ = select.select([], [self._status], [], 0)
+        if writable:  # At least PIPE_BUF bytes free: a report fits, whole.
+            self.report(counts=snapshot(self.factory, self.datagramEcho), id=query)
 
     def startService(self) -> None:
         super().startService()
