@@ -493,6 +493,7 @@ class ResourceTests(SynchronousTestCase):
 
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.site.timeOut = None  # No idle timer on the global reactor.
         self.site.startFactory()
         self.addCleanup(self.site.stopFactory)
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -610,6 +611,7 @@ class BoundedFactoryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.site = metricsSite(MetricsResource(EchoCollector(EchoServerFactory(reactor=Clock()))), Health())
+        self.site.timeOut = None  # No idle timer on the global reactor.
         self.factory = BoundedFactory(self.site, self.clock, maxConnections=2, lifetime=30)
 
     def connect(self) -> tuple[object, StringTransport]:

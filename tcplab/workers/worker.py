@@ -137,11 +137,6 @@ class WorkerService(EchoService):
 
         self.report(stopped=list(stats), udp=udp, counts=snapshot(self.factory, self.datagramEcho))
 
-    def _handleSignals(self) -> None:
-        for number in (signal.SIGINT, signal.SIGHUP):
-            signal.signal(number, signal.SIG_IGN)
-        super()._handleSignals()
-
 
 class AdoptedDatagramService(Service):
     """
@@ -248,6 +243,12 @@ def main(argv: list[str]) -> None:
     """
     Run the worker that C{argv[1]} (JSON) describes, until told to stop.
     """
+    # A terminal's SIGINT and SIGHUP go to every process of its group: the
+    # supervisor handles them (it drains the workers).  Ignored from the
+    # first moment, not once the reactor runs: the supervisor announces a
+    # worker as soon as it reports ready, which is before that.
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
     plan = json.loads(argv[1])
     from twisted.internet import reactor
 
@@ -262,6 +263,8 @@ def main(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", output.send)
     reactor.addReader(ControlReader(service))
     try:
+        # The reactor leaves an ignored SIGINT ignored; SIGTERM is the
+        # service's (EchoService._handleSignals).
         reactor.run()
     finally:
         output.send()
