@@ -1,28 +1,42 @@
 """
 C{twist tcplab --workers N}, run for real on loopback: connections spread
-over the workers, a killed worker is replaced, SIGTERM drains every worker
-into one summary, a second signal aborts, the limits hold for all workers
-together, and every listener kind is served (or refused, saying why).
+over the workers, a killed worker is replaced, a worker that cannot be
+started is tried again (or, at start-up, ends the server in one line),
+SIGTERM drains every worker into one summary, a second signal aborts, the
+limits hold for all workers together, and every listener kind is served (or
+refused, saying why).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import re
+import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab import coerce
 from tcplab.tap import Options
 from tcplab.workers.limits import ConnectionTable
 from tcplab.workers.sockets import checkWorkerListener
-from tests.serverprocess import ServerProcess
+from tcplab.workers.supervisor import STATUS_FD, StartFailed, Supervisor, WorkerProcess
+from tests.serverprocess import TWIST, TWISTD, ServerProcess, environment
 from tests.test_listeners import serverCertificate, socketActivation, temporaryDirectory, tlsEcho
 from tests.test_robustness import MiB, connect, readAll, sendInBackground
 
@@ -224,6 +238,308 @@ class StartFailureTests(SynchronousTestCase):
         supervisor.stopService()
         self.assertEqual(statuses, [1])
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+#: What spawnProcess raises when the supervisor has no descriptors left.
+EMFILE = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+class FakeProcess:
+    """
+    The transport of a worker process that L{SpawningReactor} pretends to run.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.written: list[bytes] = []
+        self.signals: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class SpawningReactor(MemoryReactorClock):
+    """
+    A fake reactor whose C{spawnProcess} raises the errors in C{failures}
+    first, then pretends to start the process.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[OSError] = []
+        self.spawned: list[WorkerProcess] = []
+
+    def spawnProcess(self, protocol: WorkerProcess, executable: str, args: list[str], **kwargs: Any) -> FakeProcess:
+        if self.failures:
+            raise self.failures.pop(0)
+        # Never a real pid: a test must signal or reap no real process.
+        transport = FakeProcess(pid=2**22 + 10 + len(self.spawned))
+        self.spawned.append(protocol)
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        return transport
+
+
+def ready(worker: WorkerProcess) -> None:
+    worker.childDataReceived(STATUS_FD, b'{"ready": true}\n')
+
+
+def messages(events: list[LogEvent]) -> list[str]:
+    return [formatEvent(event) for event in events]
+
+
+class RespawnFailureTests(SynchronousTestCase):
+    """
+    A replacement that cannot be started, in one process with a fake
+    reactor (the listeners are real sockets on 127.0.0.1).
+    """
+
+    def serving(self) -> tuple[Supervisor, SpawningReactor, list[int]]:
+        """
+        @return: a supervisor whose two workers serve, its reactor, and the
+            exit statuses it sets.
+        """
+        options = Options()
+        options.parseOptions(["--workers", "2", "-l", "tcp:0:interface=127.0.0.1"])
+        reactor = SpawningReactor()
+        supervisor = Supervisor(options, reactor)
+        self.addCleanup(supervisor._closeSockets)
+        statuses: list[int] = []
+        supervisor.exitWith = statuses.append
+        supervisor.startService()
+        for worker in list(reactor.spawned):
+            ready(worker)
+        self.assertEqual(sorted(supervisor.workers), [0, 1])
+        return supervisor, reactor, statuses
+
+    def failedReplacement(self, supervisor: Supervisor, reactor: SpawningReactor) -> list[str]:
+        """
+        Kill worker 1 and fail its replacement's spawn.
+
+        @return: what the supervisor logged from the replacement's attempt.
+        """
+        supervisor.workers[1].processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertNotIn(1, supervisor.workers)
+        reactor.failures.append(EMFILE)
+        with capturedLogs() as events:
+            reactor.advance(0.25)
+        self.assertEqual(reactor.failures, [])
+        return messages(events)
+
+    def test_retried(self) -> None:
+        """
+        The worker is not left in C{workers}; one warning says which worker
+        and why; it is tried again after twice the delay, and once started,
+        it serves.
+        """
+        supervisor, reactor, statuses = self.serving()
+        logged = self.failedReplacement(supervisor, reactor)
+        self.assertEqual(logged, ["worker 1 could not be started: Too many open files; trying again in 0.5 s"])
+        self.assertEqual(sorted(supervisor.workers), [0])
+        [retry] = reactor.getDelayedCalls()
+        self.assertEqual(retry.getTime(), reactor.seconds() + 0.5)
+
+        reactor.advance(0.5)
+        replacement = supervisor.workers[1]
+        self.assertIs(replacement, reactor.spawned[-1])
+        self.assertEqual(len(reactor.spawned), 3)
+        with capturedLogs() as events:
+            ready(replacement)
+        self.assertEqual(messages(events), [f"worker 1 (pid {replacement.pid}) serves again"])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+        stopped = supervisor.stopService()
+        for worker in list(supervisor.workers.values()):
+            self.assertEqual(worker.transport.written, [b"stop\n"])  # type: ignore[union-attr]
+            worker.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.assertEqual(statuses, [])
+
+    def test_failuresBackOff(self) -> None:
+        """
+        Each further failure doubles the delay, up to 10 s.
+        """
+        supervisor, reactor, _ = self.serving()
+        self.failedReplacement(supervisor, reactor)
+        delays = []
+        for _ in range(7):
+            reactor.failures.append(EMFILE)
+            [retry] = reactor.getDelayedCalls()
+            delays.append(retry.getTime() - reactor.seconds())
+            with capturedLogs() as events:
+                reactor.advance(delays[-1])
+            self.assertEqual(len(events), 1)
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 10, 10])
+        self.assertNotIn(1, supervisor.workers)
+
+    def test_stoppedWhileRetryPending(self) -> None:
+        """
+        Stopping while a retry is pending cancels it, and the drain waits
+        only for the worker that runs: the summary is logged, with no
+        failure status, nothing killed, and nothing left scheduled.
+        """
+        supervisor, reactor, statuses = self.serving()
+        self.failedReplacement(supervisor, reactor)
+        stopped = supervisor.stopService()
+        [deadline] = reactor.getDelayedCalls()
+        with capturedLogs() as events:
+            supervisor.workers[0].processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.assertFalse(deadline.active())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(len(reactor.spawned), 2)
+        self.assertEqual(statuses, [])
+        [summary] = messages(events)
+        self.assertTrue(summary.startswith("tcplab stopped: "), summary)
+        self.assertIn("1 worker died and was replaced", summary)
+
+    def test_noWorkerLeft(self) -> None:
+        """
+        With its only worker not started, a stop ends at once.
+        """
+        options = Options()
+        options.parseOptions(["--workers", "1", "-l", "tcp:0:interface=127.0.0.1"])
+        reactor = SpawningReactor()
+        supervisor = Supervisor(options, reactor)
+        self.addCleanup(supervisor._closeSockets)
+        supervisor.exitWith = self.fail
+        supervisor.startService()
+        ready(reactor.spawned[0])
+        supervisor.workers[0].processEnded(Failure(ProcessTerminated(signal=9)))
+        reactor.failures.append(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN)))
+        with capturedLogs() as events:
+            reactor.advance(0.25)
+        self.assertEqual(
+            messages(events), ["worker 0 could not be started: Resource temporarily unavailable; trying again in 0.5 s"]
+        )
+        self.assertEqual(supervisor.workers, {})
+        self.successResultOf(supervisor.stopService())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class StartupSpawnFailureTests(SynchronousTestCase):
+    """
+    A worker that cannot be started with the server ends the server.
+    """
+
+    def supervisor(self) -> tuple[Supervisor, SpawningReactor]:
+        options = Options()
+        options.parseOptions(["--workers", "3", "-l", "tcp:0:interface=127.0.0.1"])
+        reactor = SpawningReactor()
+        supervisor = Supervisor(options, reactor)
+        self.addCleanup(supervisor._closeSockets)
+        original = reactor.spawnProcess
+
+        def spawnProcess(protocol: WorkerProcess, *args: Any, **kwargs: Any) -> FakeProcess:
+            if protocol.index == 2:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return original(protocol, *args, **kwargs)
+
+        reactor.spawnProcess = spawnProcess  # type: ignore[method-assign]
+        return supervisor, reactor
+
+    def test_twist(self) -> None:
+        """
+        Under twist: a L{SystemExit} with the one line; the workers already
+        started are sent SIGTERM; none is left in C{workers}.
+        """
+        supervisor, reactor = self.supervisor()
+        with self.assertRaises(SystemExit) as caught:
+            supervisor.startService()
+        self.assertEqual(caught.exception.code, "tcplab: cannot start worker 2: Too many open files")
+        self.assertEqual([worker.transport.signals for worker in reactor.spawned], [["TERM"], ["TERM"]])  # type: ignore[union-attr]
+        self.assertEqual(supervisor.workers, {})
+        self.assertEqual(reactor.whenRunningHooks, [])
+
+    def test_twistd(self) -> None:
+        """
+        Under twistd (which started the service with privileges first): an
+        L{Exception}, which twistd reports, printed as the one line.
+        """
+        self.patch(sys, "excepthook", sys.excepthook)
+        self.patch(sys, "stderr", io.StringIO())
+        self.patch(sys, "__stderr__", None)
+        supervisor, reactor = self.supervisor()
+        supervisor.privilegedStartService()
+        with self.assertRaises(StartFailed) as caught:
+            supervisor.startService()
+        self.assertEqual(str(caught.exception), "cannot start worker 2: Too many open files")
+        sys.excepthook(StartFailed, caught.exception, None)
+        self.assertEqual(sys.stderr.getvalue(), "tcplab: cannot start worker 2: Too many open files\n")  # type: ignore[attr-defined]
+        self.assertEqual(supervisor.workers, {})
+
+
+def _withDescriptors(limit: int) -> None:
+    # In the child before it runs: few file descriptors (the soft limit).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def _processesMarked(mark: str) -> list[int]:
+    """
+    @return: the live processes whose environment holds C{mark}.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                if mark.encode() not in environ.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        found.append(int(name))
+    return found
+
+
+class DescriptorsExhaustedTests(SynchronousTestCase):
+    """
+    For real: 12 workers with 40 file descriptors.  The supervisor runs out
+    of descriptors for the pipes of a later worker.
+    """
+
+    def start(self, runner: list[str]) -> subprocess.CompletedProcess[str]:
+        mark = f"TCPLAB_TEST_RUN={uuid.uuid4().hex}"
+        env = environment()
+        env.update([mark.split("=", 1)])
+        result = subprocess.run(
+            [*runner, "tcplab", "--workers", "12", "-l", "tcp:0:interface=127.0.0.1",
+             "--metrics", "tcp:0:interface=127.0.0.1"],
+            capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: _withDescriptors(40),
+        )
+        # The workers (which inherit the supervisor's environment) were
+        # reaped before the supervisor exited.
+        self.assertEqual(_processesMarked(mark), [], result.stdout + result.stderr)
+        return result
+
+    def test_twist(self) -> None:
+        """
+        Exit status 1, one line naming the worker and the reason, no
+        traceback, no worker process left.
+        """
+        result = self.start(TWIST)
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(result.stdout, "")
+        self.assertRegex(result.stderr, r"\Atcplab: cannot start worker ([1-9]|1[01]): Too many open files\n\Z")
+
+    def test_twistd(self) -> None:
+        """
+        Under C{twistd -n}: status 1, the one line on stderr, no pidfile.
+        """
+        directory = temporaryDirectory(self)
+        pidfile = directory / "twistd.pid"
+        result = self.start([*TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(directory / "log")])
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertRegex(result.stderr, r"\Atcplab: cannot start worker ([1-9]|1[01]): Too many open files\n\Z")
+        self.assertFalse(pidfile.exists())
 
 
 class DrainTests(WorkerTestCase):

@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,12 @@ class WorkerProcess(ProcessProtocol):
                 pass  # Its standard input is closed: it is exiting anyway.
 
     def kill(self) -> None:
+        self.signal("KILL")
+
+    def signal(self, name: str) -> None:
         if self.transport is not None:
             try:
-                self.transport.signalProcess("KILL")
+                self.transport.signalProcess(name)
             except ProcessExitedAlready:
                 pass
 
@@ -186,6 +190,7 @@ class Supervisor(DrainingService):
         self._udpSummary: str | None = None
         self._failures = [0] * self.count
         self._restarts: dict[int, IDelayedCall] = {}
+        self._privileged = False
         self._allEnded: Deferred[None] | None = None
         self._deadline: IDelayedCall | None = None
         #: How a failed start-up sets the exit status (replaced in tests).
@@ -203,6 +208,7 @@ class Supervisor(DrainingService):
     def privilegedStartService(self) -> None:
         # twistd: bind before shedding privileges (as EchoService does).
         Service.privilegedStartService(self)
+        self._privileged = True
         try:
             self._bind()
             self._startMetrics(privileged=True)
@@ -218,8 +224,39 @@ class Supervisor(DrainingService):
         except ListenFailed as failure:
             raise SystemExit(f"tcplab: {failure}") from None
         for index in range(self.count):
-            self._spawn(index)
+            try:
+                self._spawn(index)
+            except OSError as error:
+                # The first workers are not replaced: the server does not
+                # start.  Those already started are stopped, not orphaned.
+                self._stopStarted()
+                self._closeSockets()
+                failure = StartFailed(f"cannot start worker {index}: {_strerror(error)}")
+                if self._privileged:
+                    # twistd: an Exception, which it reports (see ListenFailed).
+                    _reportOnExit(failure)
+                    raise failure from None
+                raise SystemExit(f"tcplab: {failure}") from None
         self._reactor.callWhenRunning(self._handleSignals)
+
+    def _stopStarted(self) -> None:
+        # Start-up failed before the reactor ran: stop the workers already
+        # started (SIGTERM: a worker drains and exits, as does one that has
+        # not set up yet), kill any still there after STOP_GRACE, and reap
+        # them all before the supervisor exits.
+        started = [worker for worker in self.workers.values() if worker.pid is not None]
+        self.workers.clear()
+        for worker in started:
+            worker.signal("TERM")
+        deadline = time.monotonic() + STOP_GRACE
+        while started:
+            started = [worker for worker in started if not _reaped(worker.pid)]
+            if started and time.monotonic() > deadline:
+                for worker in started:
+                    worker.kill()
+                deadline = float("inf")
+            if started:
+                time.sleep(0.01)
 
     def _bind(self) -> None:
         if self._bound:
@@ -243,7 +280,15 @@ class Supervisor(DrainingService):
             self.table = ConnectionTable.create(self.count, config["max-connections"], config["max-per-peer"])
 
     def _spawn(self, index: int) -> None:
-        self._restarts.pop(index, None)
+        """
+        Start worker C{index}.
+
+        @raise OSError: if it cannot be started (no descriptors left for its
+            pipes, no memory or process left to fork); then it is not in
+            L{workers}, and nothing opened for it is left open (the
+            reactor closes the pipes it made; the sockets it is handed
+            are the supervisor's, kept for its next attempt).
+        """
         childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r", STATUS_FD: "r"}
 
         def passed(fileno: int) -> int:
@@ -274,13 +319,45 @@ class Supervisor(DrainingService):
         }
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
-        self._reactor.spawnProcess(  # type: ignore[attr-defined]
-            worker,
-            sys.executable,
-            [sys.executable, "-m", "tcplab.workers", json.dumps(plan)],
-            env=_environment(),
-            childFDs=childFDs,
-        )
+        try:
+            self._reactor.spawnProcess(  # type: ignore[attr-defined]
+                worker,
+                sys.executable,
+                [sys.executable, "-m", "tcplab.workers", json.dumps(plan)],
+                env=_environment(),
+                childFDs=childFDs,
+            )
+        except BaseException:
+            # No process: no phantom worker for the drain to wait for.
+            if self.workers.get(index) is worker:
+                del self.workers[index]
+            raise
+
+    def _restart(self, index: int) -> None:
+        """
+        Replace worker C{index} (after its back-off); if it cannot be
+        started, log why and try again after the next back-off.
+        """
+        self._restarts.pop(index, None)
+        if self._stopping:
+            return
+        try:
+            self._spawn(index)
+        except OSError as error:
+            delay = self._backOff(index, steady=False)
+            self._log.warn(
+                "worker {index} could not be started: {reason}; trying again in {delay:g} s",
+                index=index, reason=_strerror(error), delay=delay,
+            )
+            self._restarts[index] = self.clock.callLater(delay, self._restart, index)
+
+    def _backOff(self, index: int, steady: bool) -> float:
+        """
+        @return: the seconds before worker C{index} is started again: the
+            first delay if it had served steadily, else twice the last one.
+        """
+        self._failures[index] = 1 if steady else self._failures[index] + 1
+        return min(RESTART_DELAY * 2 ** (self._failures[index] - 1), MAX_RESTART_DELAY)
 
     def workerReady(self, worker: WorkerProcess) -> None:
         """
@@ -346,13 +423,12 @@ class Supervisor(DrainingService):
             return
         self._deaths += 1
         steady = worker.readyAt is not None and self.clock.seconds() - worker.readyAt >= STEADY
-        self._failures[worker.index] = 1 if steady else self._failures[worker.index] + 1
-        delay = min(RESTART_DELAY * 2 ** (self._failures[worker.index] - 1), MAX_RESTART_DELAY)
+        delay = self._backOff(worker.index, steady)
         self._log.warn(
             "worker {index} (pid {pid}) {how}; starting another in {delay:g} s",
             index=worker.index, pid=worker.pid, how=how, delay=delay,
         )
-        self._restarts[worker.index] = self.clock.callLater(delay, self._spawn, worker.index)
+        self._restarts[worker.index] = self.clock.callLater(delay, self._restart, worker.index)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -463,6 +539,26 @@ def _howEnded(reason: Failure) -> str:
     if number:
         return f"was killed by {signal.Signals(number).name}"
     return f"exited with status {getattr(reason.value, 'exitCode', '?')}"
+
+
+def _strerror(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
+def _reaped(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
+
+
+class StartFailed(ListenFailed):
+    """
+    A worker could not be started with the server; the message names it
+    and the reason.  (A L{ListenFailed}: twistd reports it the same way.)
+    """
 
 
 def _environment() -> dict[str, str]:
