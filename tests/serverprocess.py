@@ -38,6 +38,27 @@ def environment() -> dict[str, str]:
     return env
 
 
+def freePorts(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """
+    C{count} distinct ports on 127.0.0.1 that nothing uses (just now), for
+    a program that takes fixed ports: bound all at once, so that no two are
+    the same (two probes one after the other may get one port twice).
+    """
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, kind)) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
+def freePort(kind: int = socket.SOCK_STREAM) -> int:
+    """
+    A port on 127.0.0.1 that nothing uses (just now).
+    """
+    [port] = freePorts(1, kind)
+    return port
+
+
 @contextlib.contextmanager
 def takenPort() -> Iterator[int]:
     """

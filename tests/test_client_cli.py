@@ -34,7 +34,7 @@ from tcplab.cli import ClientOptions, ConsoleProtocol, OutputError, ReplyPrinter
 from tcplab.client import ReplyTimeout
 from tcplab.server import EchoServerFactory
 from tests.seedserver import SeedServer
-from tests.serverprocess import ROOT, ServerProcess, environment
+from tests.serverprocess import ROOT, ServerProcess, environment, freePort
 from tests.test_client import QUIET, Pump
 
 #: How long any one command may run before the test fails.
@@ -348,15 +348,6 @@ def run(*args: str, input: bytes | None = None, stdout: object = subprocess.PIPE
         env=environment(),
         timeout=LIMIT,
     )
-
-
-def freePort(kind: int = socket.SOCK_STREAM) -> int:
-    """
-    A port on 127.0.0.1 that nothing listens on (just now).
-    """
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class CommandTestsMixin:

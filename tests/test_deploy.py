@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab import systemd
 from tcplab.tap import Options
-from tests.serverprocess import ROOT, LoggedProcess, environment
+from tests.serverprocess import ROOT, LoggedProcess, environment, freePort, freePorts
 from tests.test_listeners import temporaryDirectory
 
 DEPLOY = ROOT / "deploy"
@@ -54,12 +54,6 @@ def tool(name: str) -> str:
     if path is None:
         raise AssertionError(f"{name} is needed (Debian package systemd; .ci/run installs it)")
     return path
-
-
-def freePort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class SystemdUnitTests(SynchronousTestCase):
@@ -367,7 +361,7 @@ class GuideTestCase(SynchronousTestCase):
         self.assertEqual(len(blocks), count)
         for number, block in enumerate(blocks, 1):
             directory = temporaryDirectory(self)
-            ports = {port: str(freePort()) for port in GUIDE_PORTS}
+            ports = dict(zip(GUIDE_PORTS, map(str, freePorts(len(GUIDE_PORTS))), strict=True))
             (directory / "deploy").mkdir()
             config = configFor(
                 int(ports["8081"]),

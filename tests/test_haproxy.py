@@ -18,7 +18,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.serverprocess import ROOT, LoggedProcess, ServerProcess
+from tests.serverprocess import ROOT, LoggedProcess, ServerProcess, freePort
 from tests.test_listeners import temporaryDirectory
 from tests.test_robustness import readAll, readExactly, sendInBackground
 
@@ -43,12 +43,6 @@ def haproxyPath() -> str:
     if path is None:
         raise AssertionError("haproxy is needed (Debian package haproxy; .ci/run installs it)")
     return path
-
-
-def freePort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def configFor(frontend: int, backends: list[int], checks: list[int]) -> str:

@@ -19,8 +19,8 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab.framing import encode
-from tests.serverprocess import ROOT, TWISTD, LoggedProcess, ServerProcess, takenPort, twist
-from tests.test_deploy import GuideTestCase, freePort
+from tests.serverprocess import ROOT, TWISTD, LoggedProcess, ServerProcess, freePorts, takenPort, twist
+from tests.test_deploy import GuideTestCase
 from tests.test_listeners import temporaryDirectory
 from tests.test_metrics import Samples, parse, tcpFigures, value
 from tests.test_robustness import readExactly
@@ -337,7 +337,7 @@ class MetricsGuideTests(GuideTestCase):
         ports instead of 8081 and 9108).
         """
         [example] = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
-        echoPort, metricsPort = freePort(), freePort()
+        echoPort, metricsPort = freePorts(2)
         program = example.replace("tcp:8081", f"tcp:{echoPort}").replace("tcp:9108", f"tcp:{metricsPort}")
         process = LoggedProcess([sys.executable, "-c", program])
         self.addCleanup(process.stop)

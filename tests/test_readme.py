@@ -14,7 +14,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcplab.tap import Options
-from tests.serverprocess import ROOT, ServerProcess, environment
+from tests.serverprocess import ROOT, ServerProcess, environment, freePort
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -24,12 +24,6 @@ def blocks(language: str) -> list[str]:
     The README's fenced code blocks in C{language}.
     """
     return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
-
-
-def freePort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ReadmeTests(SynchronousTestCase):
