@@ -18,6 +18,7 @@ sum with the same L{families}.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -251,6 +252,26 @@ class _Root(Resource):
         return pages.notFound()  # type: ignore[return-value]
 
 
+class _BodilessRequest(Request):
+    """
+    A request of the metrics site: C{/metrics} and C{/healthz} read no body,
+    so none is kept (Twisted's own request spools a large one to a
+    temporary file), and a client that sends more than L{maxBody} bytes of
+    one is cut off.
+    """
+
+    maxBody = 64 * 1024
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        self._bodyBytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._bodyBytes += len(data)
+        if self._bodyBytes > self.maxBody:
+            self.channel.forceAbortClient()
+
+
 class _QuietSite(Site):
     """
     A L{Site} that writes no access log: a load balancer's health check
@@ -258,6 +279,7 @@ class _QuietSite(Site):
     """
 
     noisy = False
+    requestFactory = _BodilessRequest  # type: ignore[assignment]
 
     def log(self, request: Request) -> None:
         pass

@@ -649,6 +649,18 @@ class BoundedFactoryTests(SynchronousTestCase):
         done.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active()], [])
 
+    def test_bodyCutOff(self) -> None:
+        """
+        A request body is not kept: past 64 KiB of one, the client is cut
+        off, however much more it sends.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        protocol.dataReceived(b"x" * 60000)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"x" * 60000)
+        self.assertTrue(transport.disconnecting)
+
     def test_served(self) -> None:
         """
         Within the bounds, the site answers as it does alone.
