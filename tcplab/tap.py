@@ -4,12 +4,13 @@ The twistd plugin's options and service: C{twist tcplab} / C{twistd -n tcplab}.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, UDPServer
 from twisted.application.service import IService, MultiService, Service
@@ -288,6 +289,30 @@ class DrainingService(MultiService):
         self._metricsDescription = description
         self._health = health
 
+    def _startListening(self, listen: Callable[[], None], privileged: bool) -> None:
+        """
+        Call C{listen}, then start the metrics listener, if any: under
+        twistd (C{privileged}, before it sheds privileges) or under twist.
+        A listener that fails ends the start in one line (L{_failStart}).
+        """
+        try:
+            listen()
+            self._startMetrics(privileged)
+        except ListenFailed as failure:
+            self._failStart(failure, privileged)
+
+    def _failStart(self, failure: ListenFailed, privileged: bool) -> NoReturn:
+        """
+        End a start that failed: under twistd (C{privileged}) with an
+        exception, which twistd reports and which ends in one line (see
+        L{ListenFailed}); under twist, where only a SystemExit ends the
+        process from the running reactor, with one.
+        """
+        if privileged:
+            _reportOnExit(failure)
+            raise failure from None
+        raise SystemExit(f"tcplab: {failure}") from None
+
     def _startMetrics(self, privileged: bool) -> None:
         if self.metrics is None:
             return
@@ -379,24 +404,13 @@ class EchoService(DrainingService):
         # twistd: listen before shedding privileges; a failure is an
         # Exception, which twistd reports (see ListenFailed).
         Service.privilegedStartService(self)
-        try:
-            for child in self:
-                self._start(child, child.privilegedStartService)
-            self._startMetrics(privileged=True)
-        except ListenFailed as failure:
-            _reportOnExit(failure)
-            raise
+        self._startListening(functools.partial(self._startChildren, True), True)
 
     def startService(self) -> None:
         # twist (and twistd, once listening): twist starts the service from
         # the running reactor, where only a SystemExit ends the process.
         Service.startService(self)
-        try:
-            for child in self:
-                self._start(child, child.startService)
-            self._startMetrics(privileged=False)
-        except ListenFailed as failure:
-            raise SystemExit(f"tcplab: {failure}") from None
+        self._startListening(functools.partial(self._startChildren, False), False)
         self._reactor.callWhenRunning(self._handleSignals)
 
     def stopService(self) -> Deferred[None]:
@@ -414,6 +428,10 @@ class EchoService(DrainingService):
 
     def abortAll(self) -> None:
         self.factory.abortAll()
+
+    def _startChildren(self, privileged: bool) -> None:
+        for child in self:
+            self._start(child, child.privilegedStartService if privileged else child.startService)
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
         where = self._descriptions.get(child, repr(child))

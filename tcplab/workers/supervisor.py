@@ -49,7 +49,6 @@ from tcplab.tap import (
     DrainingService,
     ListenFailed,
     _reason,
-    _reportOnExit,
     addMetrics,
     listeningFields,
     udpDescription,
@@ -209,20 +208,11 @@ class Supervisor(DrainingService):
         # twistd: bind before shedding privileges (as EchoService does).
         Service.privilegedStartService(self)
         self._privileged = True
-        try:
-            self._bind()
-            self._startMetrics(privileged=True)
-        except ListenFailed as failure:
-            _reportOnExit(failure)
-            raise
+        self._startListening(self._bind, True)
 
     def startService(self) -> None:
         Service.startService(self)
-        try:
-            self._bind()
-            self._startMetrics(privileged=False)
-        except ListenFailed as failure:
-            raise SystemExit(f"tcplab: {failure}") from None
+        self._startListening(self._bind, False)
         for index in range(self.count):
             try:
                 self._spawn(index)
@@ -231,12 +221,7 @@ class Supervisor(DrainingService):
                 # start.  Those already started are stopped, not orphaned.
                 self._stopStarted()
                 self._closeSockets()
-                failure = StartFailed(f"cannot start worker {index}: {_strerror(error)}")
-                if self._privileged:
-                    # twistd: an Exception, which it reports (see ListenFailed).
-                    _reportOnExit(failure)
-                    raise failure from None
-                raise SystemExit(f"tcplab: {failure}") from None
+                self._failStart(StartFailed(f"cannot start worker {index}: {_strerror(error)}"), self._privileged)
         self._reactor.callWhenRunning(self._handleSignals)
 
     def _stopStarted(self) -> None:
